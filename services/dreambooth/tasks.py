@@ -1,0 +1,41 @@
+"""Celery task bodies of the DreamBooth worker. Each only wires: build what the job needs and run it."""
+
+import logging
+
+from services.jobs.celery_app import make_celery
+from services.jobs.lifecycle import run_job
+from services.jobs.schema import Job
+from services.jobs.settings import JobSettings
+from services.jobs.store import store_from_settings
+from services.jobs.tasks import FINETUNE_TASK, GENERATE_TASK
+
+log = logging.getLogger(__name__)
+
+settings = JobSettings()
+app = make_celery(settings)
+_store = None
+
+
+def job_store():
+    global _store
+    if _store is None:
+        _store = store_from_settings(settings)
+    return _store
+
+
+def _finetune_body(job: Job) -> dict:
+    raise NotImplementedError("fine-tuning is not implemented yet")
+
+
+def _generate_body(job: Job) -> dict:
+    raise NotImplementedError("generation is not implemented yet")
+
+
+@app.task(name=FINETUNE_TASK)
+def finetune(job_id: str) -> None:
+    run_job(job_store(), job_id, _finetune_body)
+
+
+@app.task(name=GENERATE_TASK)
+def generate(job_id: str) -> None:
+    run_job(job_store(), job_id, _generate_body)

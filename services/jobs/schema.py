@@ -1,0 +1,68 @@
+"""The job record shared by the gateway and the workers."""
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class JobType(StrEnum):
+    finetune = "finetune"
+    generate = "generate"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+# The only status changes a job may make. running -> queued is a re-delivery after a worker died.
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled}),
+    JobStatus.running: frozenset(
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.canceled, JobStatus.queued}
+    ),
+    JobStatus.succeeded: frozenset(),
+    JobStatus.failed: frozenset(),
+    JobStatus.canceled: frozenset(),
+}
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Job(BaseModel):
+    id: str
+    type: JobType
+    owner: str = Field(description="hash of the API key that created the job")
+    status: JobStatus = JobStatus.queued
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    spec: dict[str, Any] = Field(default_factory=dict, description="the validated input of the job")
+    progress: Progress = Field(default_factory=Progress)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
