@@ -162,7 +162,7 @@ class JobStore:
             raise JobNotFound(job_id)
         return job
 
-    def list(self, owner: str, limit: int = 20, cursor: str | None = None,
+    def list_jobs(self, owner: str, limit: int = 20, cursor: str | None = None,
              job_type: JobType | None = None) -> tuple[list[Job], str | None]:
         """The owner's jobs, newest first. `cursor` is the opaque value a previous page returned."""
         top = f"({cursor}" if cursor else "+inf"
