@@ -8,7 +8,7 @@ import posixpath
 import re
 import shutil
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 import fsspec
@@ -24,7 +24,7 @@ def check_key(key: str) -> str:
     """Return the normalised key or raise BadArtifactKey."""
     if not key or "\\" in key or "\x00" in key or key.startswith("/"):
         raise BadArtifactKey(f"invalid artifact path: {key!r}")
-    parts = PurePosixPath(key).parts
+    parts = key.split("/")
     if any(not _SAFE_PART.match(p) for p in parts):
         raise BadArtifactKey(f"invalid artifact path: {key!r}")
     return "/".join(parts)

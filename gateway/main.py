@@ -1,0 +1,56 @@
+"""The gateway app: wiring only."""
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from gateway.auth import load_key_hashes
+from gateway.detection_client import make_client
+from gateway.errors import install_error_handlers
+from gateway.middleware import MetricsAndHeaders
+from gateway.routes import artifacts, detect, finetune, generate, health, jobs, models
+from gateway.settings import GatewaySettings
+from gateway.state import AppState
+from gateway.uploads import BodySizeLimit
+from services.jobs.artifacts import ArtifactStore
+from services.jobs.celery_app import make_celery
+from services.jobs.settings import JobSettings
+from services.jobs.store import store_from_settings
+
+log = logging.getLogger("gateway")
+
+
+def create_app(settings: GatewaySettings | None = None, job_settings: JobSettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    job_settings = job_settings or JobSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = AppState(
+            settings=settings, job_settings=job_settings, store=store_from_settings(job_settings),
+            artifacts=ArtifactStore(job_settings.artifacts_location), celery=make_celery(job_settings),
+            detection=make_client(settings.detection_url, settings.detection_connect_timeout_s,
+                                  settings.detection_timeout_s),
+            key_hashes=load_key_hashes(settings.keys),
+        )
+        if not state.key_hashes:
+            log.warning("no API keys configured: serving without authentication on %s only",
+                        settings.gateway_host)
+        app.state.detbooth = state
+        yield
+        await state.detection.aclose()
+
+    app = FastAPI(title="DetBooth", version="0.1.0", lifespan=lifespan,
+                  description="Text detection (PP-OCR) and DreamBooth personalisation of Stable Diffusion.")
+    install_error_handlers(app)
+    for module in (detect, finetune, generate, jobs, artifacts, models, health):
+        app.include_router(module.router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins.split(","),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key",
+                                                                         "Content-Type", "Idempotency-Key", "Prefer"])
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_total_bytes)
+    app.add_middleware(MetricsAndHeaders)
+    return app

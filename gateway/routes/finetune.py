@@ -1,0 +1,89 @@
+"""POST /finetune: start a DreamBooth fine-tune on 3–20 images of a subject."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from gateway.auth import Caller
+from gateway.errors import Problem, validation_problem
+from gateway.schemas import FinetuneJSON, JobView, job_view
+from gateway.state import State
+from gateway.submit import check_idempotency_key, fingerprint, submit
+from gateway.uploads import Upload, check_image, decode_base64_images, parse_json_field, read_multipart
+from services.dreambooth.config import FinetuneConfig
+from services.jobs.schema import JobType
+
+router = APIRouter(tags=["finetune"])
+MIN_IMAGES, MAX_IMAGES, MIN_SIDE = 3, 20, 64
+
+_OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["images", "config"],
+                "properties": {
+                    "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                               "minItems": MIN_IMAGES, "maxItems": MAX_IMAGES},
+                    "config": {"type": "string", "description": "the fine-tune config as a JSON object"},
+                },
+            }},
+            "application/json": {"schema": FinetuneJSON.model_json_schema(ref_template="#/components/schemas/{model}")},
+        },
+    }
+}
+
+
+async def _read_request(request: Request, max_file_bytes: int) -> tuple[list[Upload], dict]:
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        files, fields = await read_multipart(request, max_files=MAX_IMAGES, max_file_bytes=max_file_bytes)
+        if "config" not in fields:
+            raise Problem(422, "Missing config", "send the fine-tune settings as a JSON object in the `config` field",
+                          type_="validation-error")
+        return files, parse_json_field(fields["config"], "config")
+    if ctype.startswith("application/json"):
+        try:
+            body = FinetuneJSON.model_validate_json(await request.body())
+        except ValidationError as e:
+            raise validation_problem(e) from e
+        files = decode_base64_images(body.images, max_files=MAX_IMAGES, max_file_bytes=max_file_bytes)
+        return files, body.config
+    raise Problem(415, "Unsupported media type", "send multipart/form-data (images + config) or application/json",
+                  type_="unsupported-media-type")
+
+
+@router.post("/finetune", status_code=202, response_model=JobView, openapi_extra=_OPENAPI_BODY)
+async def finetune(request: Request, state: State, owner: Caller,
+                   idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
+    """Start fine-tuning; poll `GET /jobs/{id}` or follow `GET /jobs/{id}/events`."""
+    s = state.settings
+    idem = check_idempotency_key(idempotency_key)
+    files, raw_config = await _read_request(request, s.max_file_bytes)
+    try:
+        config = FinetuneConfig.model_validate(raw_config)
+    except ValidationError as e:
+        raise validation_problem(e, prefix=("config",)) from e
+    if not MIN_IMAGES <= len(files) <= MAX_IMAGES:
+        raise Problem(422, "Wrong number of images",
+                      f"send {MIN_IMAGES}–{MAX_IMAGES} images of the subject; got {len(files)}",
+                      type_="wrong-image-count")
+    formats = [check_image(f, max_pixels=s.max_image_pixels, min_side=MIN_SIDE)[0] for f in files]
+    spec = {"config": config.model_dump(mode="json")}
+
+    def write_inputs(job_id: str) -> dict:
+        keys = []
+        for i, (f, fmt) in enumerate(zip(files, formats)):
+            ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}.get(fmt, fmt.lower())
+            keys.append(state.artifacts.write_bytes(f"jobs/{job_id}/inputs/{i:03d}.{ext}", f.data))
+        return {"inputs": keys}
+
+    job, created = await run_in_threadpool(submit, state, owner, JobType.finetune, spec, idempotency_key=idem,
+                                    fp=fingerprint(spec, [f.data for f in files]), write_inputs=write_inputs)
+    view = job_view(job, str(request.base_url))
+    return JSONResponse(view.model_dump(mode="json"), status_code=202,
+                        headers={"Location": f"/jobs/{job.id}", **({} if created else {"Idempotent-Replayed": "true"})})
+

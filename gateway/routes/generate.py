@@ -1,0 +1,42 @@
+"""POST /generate: text-to-image from the base model or a fine-tune, optionally waiting for the images."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+
+from gateway.auth import Caller
+from gateway.errors import Problem
+from gateway.schemas import JobView, job_view
+from gateway.state import State
+from gateway.submit import check_idempotency_key, fingerprint, prefer_wait, submit, wait_until_finished
+from services.dreambooth.gen_params import GenerateParams
+from services.jobs.schema import JobType
+from services.jobs.store import JobNotFound
+
+router = APIRouter(tags=["generate"])
+
+
+@router.post("/generate", status_code=202, response_model=JobView,
+             responses={200: {"model": JobView, "description": "finished within `Prefer: wait=N`"}})
+def generate(params: GenerateParams, request: Request, state: State, owner: Caller,
+             prefer: Annotated[str | None, Header()] = None,
+             idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
+    """Queue image generation. With `Prefer: wait=N` the answer waits up to N seconds for the images."""
+    idem = check_idempotency_key(idempotency_key)
+    if params.model != "base":
+        try:
+            state.store.get_model(params.model, owner)
+        except JobNotFound:
+            raise Problem(422, "Unknown model", f"model `{params.model}` is neither `base` nor a fine-tune of "
+                          "this API key that succeeded (see GET /models)", type_="unknown-model") from None
+    spec = {"params": params.model_dump(mode="json")}
+    job, created = submit(state, owner, JobType.generate, spec, idempotency_key=idem, fp=fingerprint(spec))
+    wait = prefer_wait(prefer, state.settings.max_wait_s)
+    headers = {"Location": f"/jobs/{job.id}", **({} if created else {"Idempotent-Replayed": "true"})}
+    if wait is not None:
+        job = wait_until_finished(state, job, wait)
+        headers["Preference-Applied"] = f"wait={wait:g}"
+    status = 200 if job.status.terminal else 202
+    return JSONResponse(job_view(job, str(request.base_url)).model_dump(mode="json"), status_code=status,
+                        headers=headers)

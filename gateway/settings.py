@@ -1,0 +1,55 @@
+"""The gateway's settings: environment variables prefixed DETBOOTH_ (see the README's table)."""
+
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DETBOOTH_", extra="ignore")
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8000, ge=1, le=65535)
+    api_keys: str = Field(default="", description="comma-separated API keys")
+    api_keys_file: Path | None = Field(default=None, description="file with one API key per line")
+    detection_url: str = "http://127.0.0.1:8001"
+    detection_connect_timeout_s: float = Field(default=2.0, gt=0)
+    detection_timeout_s: float = Field(default=60.0, gt=0)
+    sd_base_model: str | None = Field(default=None, description="base model id shown by GET /models")
+    rate_limit_per_minute: int = Field(default=600, ge=1, description="requests per API key per minute")
+    max_file_bytes: int = Field(default=20 * MiB, ge=1024)
+    max_files: int = Field(default=20, ge=1, description="files per request")
+    max_total_bytes: int = Field(default=100 * MiB, ge=1024, description="bytes per request body")
+    max_image_pixels: int = Field(default=40_000_000, ge=1024, description="pixels per uploaded image")
+    max_wait_s: float = Field(default=60.0, ge=0, description="longest `Prefer: wait=N` honoured")
+    cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS; empty: CORS off")
+
+    @property
+    def keys(self) -> list[str]:
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text().splitlines()
+            keys += [k.strip() for k in lines if k.strip() and not k.startswith("#")]
+        return keys
+
+    @property
+    def loopback_only(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.gateway_host).is_loopback
+        except ValueError:
+            return self.gateway_host == "localhost"
+
+    @model_validator(mode="after")
+    def _refuse_open_gateway(self) -> "GatewaySettings":
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ValueError(f"DETBOOTH_API_KEYS_FILE={self.api_keys_file} does not exist")
+        if not self.keys and not self.loopback_only:
+            raise ValueError(
+                f"DETBOOTH_GATEWAY_HOST={self.gateway_host} is not a loopback address and no API keys are set: "
+                "set DETBOOTH_API_KEYS or DETBOOTH_API_KEYS_FILE, or serve on 127.0.0.1"
+            )
+        return self

@@ -1,0 +1,31 @@
+"""What the gateway's routes share: settings, the job store, the artifact store, the Celery app, HTTP client."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from celery import Celery
+from fastapi import Depends, Request
+
+from gateway.settings import GatewaySettings
+from services.jobs.artifacts import ArtifactStore
+from services.jobs.settings import JobSettings
+from services.jobs.store import JobStore
+
+
+@dataclass
+class AppState:
+    settings: GatewaySettings
+    job_settings: JobSettings
+    store: JobStore
+    artifacts: ArtifactStore
+    celery: Celery
+    detection: httpx.AsyncClient
+    key_hashes: dict[str, str]  # sha256(key) -> owner id
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.detbooth
+
+
+State = Annotated[AppState, Depends(get_state)]

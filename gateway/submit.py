@@ -1,0 +1,91 @@
+"""Creating a job: idempotency, input artifacts, the job record and the Celery message, all or nothing."""
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.errors import Problem
+from gateway.state import AppState
+from services.jobs.schema import Job, JobType
+from services.jobs.store import IdempotencyConflict, new_job_id
+from services.jobs.tasks import QUEUE_FOR_TYPE, TASK_FOR_TYPE
+
+log = logging.getLogger(__name__)
+_IDEM_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def fingerprint(spec: dict[str, Any], blobs: list[bytes] = ()) -> str:
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
+    for b in blobs:
+        h.update(hashlib.sha256(b).digest())
+    return h.hexdigest()
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is not None and not _IDEM_KEY.match(key):
+        raise Problem(422, "Invalid Idempotency-Key", "use 1–128 letters, digits, `.`, `_`, `:` or `-`",
+                      type_="validation-error")
+    return key
+
+
+def submit(state: AppState, owner: str, job_type: JobType, spec: dict[str, Any], *,
+           idempotency_key: str | None, fp: str,
+           write_inputs: Callable[[str], dict[str, Any]] | None = None) -> tuple[Job, bool]:
+    """Create and enqueue a job. Returns (job, created); a replayed Idempotency-Key returns the first job."""
+    job_id = new_job_id()
+    prefix = f"jobs/{job_id}"
+    full_spec = dict(spec)
+    if write_inputs is not None:
+        full_spec.update(write_inputs(job_id))
+    try:
+        job, created = state.store.create(job_type, owner, full_spec, job_id=job_id,
+                                          idempotency_key=idempotency_key, fingerprint=fp)
+    except IdempotencyConflict as e:
+        state.artifacts.delete(prefix)
+        raise Problem(422, "Idempotency-Key reused", str(e), type_="idempotency-conflict") from e
+    except Exception:
+        state.artifacts.delete(prefix)
+        raise
+    if not created:
+        state.artifacts.delete(prefix)
+        return job, False
+    try:
+        state.celery.send_task(TASK_FOR_TYPE[job_type], args=[job.id], queue=QUEUE_FOR_TYPE[job_type],
+                               retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
+                                                         "interval_step": 0.5, "timeout": 3})
+    except Exception as e:
+        log.error("could not enqueue job %s: %s", job.id, e)
+        try:
+            state.store.delete(job.id)
+            state.artifacts.delete(prefix)
+        finally:
+            raise Problem(503, "Queue unavailable", "the job could not be queued; nothing was kept, retry soon",
+                          type_="queue-unavailable", headers={"Retry-After": "5"}) from e
+    return job, True
+
+
+def prefer_wait(header: str | None, cap: float) -> float | None:
+    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; None when absent."""
+    if not header:
+        return None
+    m = _PREFER_WAIT.search(header)
+    return min(float(m.group(1)), cap) if m else None
+
+
+def wait_until_finished(state: AppState, job: Job, seconds: float) -> Job:
+    deadline = time.monotonic() + seconds
+    last = "0-0"
+    while not job.status.terminal:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        events = state.store.events(job.id, after=last, block_ms=max(1, int(min(left, 5) * 1000)))
+        if events:
+            last = events[-1].id
+        job = state.store.get(job.id)
+    return job

@@ -1,0 +1,150 @@
+"""Reading uploads within limits: request bytes (counted while reading), files per request, bytes per file."""
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import Problem, problem_response
+
+UPLOAD_PATHS = ("/detect", "/v1/detect", "/finetune", "/generate")
+
+
+class BodyTooLarge(Problem):
+    def __init__(self, limit: int):
+        super().__init__(413, "Content too large", f"the request body is larger than {limit} bytes",
+                         type_="content-too-large")
+
+
+class BodySizeLimit:
+    """Refuses a body over `max_bytes`: at once from Content-Length, else while it is being read."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            response = problem_response(413, "Content too large",
+                                        f"the request body is larger than {self.max_bytes} bytes",
+                                        type_="https://detbooth.dev/problems/content-too-large",
+                                        instance=scope.get("path"))
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+@dataclass(frozen=True)
+class Upload:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+async def read_multipart(request: Request, *, max_files: int, max_file_bytes: int,
+                         file_field: str = "images") -> tuple[list[Upload], dict[str, str]]:
+    """Files of `file_field` and the plain form fields of a multipart request."""
+    try:
+        form = await request.form(max_files=max_files + 1, max_fields=100, max_part_size=1024 * 1024)
+    except MultiPartException as e:
+        raise Problem(400, "Malformed multipart body", str(e), type_="bad-multipart") from e
+    files: list[Upload] = []
+    fields: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if name != file_field:
+                raise Problem(422, "Unexpected file field", f"files go in the `{file_field}` field, not `{name}`",
+                              type_="validation-error")
+            if len(files) >= max_files:
+                raise Problem(413, "Too many files", f"at most {max_files} files per request",
+                              type_="too-many-files")
+            data = await value.read(max_file_bytes + 1)
+            if len(data) > max_file_bytes:
+                raise Problem(413, "File too large",
+                              f"{value.filename or 'a file'} is larger than {max_file_bytes} bytes",
+                              type_="file-too-large")
+            files.append(Upload(value.filename or f"image{len(files)}", value.content_type or "", data))
+        else:
+            fields[name] = value
+    await form.close()
+    return files, fields
+
+
+def decode_base64_images(items: list[str], *, max_files: int, max_file_bytes: int) -> list[Upload]:
+    if len(items) > max_files:
+        raise Problem(413, "Too many files", f"at most {max_files} images per request", type_="too-many-files")
+    out = []
+    for i, item in enumerate(items):
+        payload = item.split(",", 1)[1] if item.startswith("data:") else item
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise Problem(422, "Invalid base64", f"images[{i}] is not valid base64", type_="validation-error") from e
+        if len(data) > max_file_bytes:
+            raise Problem(413, "File too large", f"images[{i}] is larger than {max_file_bytes} bytes",
+                          type_="file-too-large")
+        out.append(Upload(f"image{i}", "", data))
+    return out
+
+
+def check_image(upload: Upload, *, max_pixels: int, min_side: int = 1) -> tuple[str, int, int]:
+    """(format, width, height) of a decodable image; the pixel cap is checked from the header first."""
+    name = upload.filename
+    if not upload.data:
+        raise Problem(422, "Empty file", f"{name} is empty", type_="not-an-image")
+    try:
+        with Image.open(io.BytesIO(upload.data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise Problem(413, "Image too large",
+                              f"{name} has {width}x{height} pixels; the limit is {max_pixels} pixels",
+                              type_="image-too-large")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img.load()  # a full decode: catches truncated files that the header alone does not
+            fmt = img.format or "unknown"
+    except Problem:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise Problem(422, "Not a decodable image", f"{name}: {e}", type_="not-an-image") from e
+    if min(width, height) < min_side:
+        raise Problem(422, "Image too small", f"{name} is {width}x{height}; each side must be ≥ {min_side} px",
+                      type_="image-too-small")
+    return fmt, width, height
+
+
+def parse_json_field(raw: str, name: str) -> dict:
+    """A form field that must hold a JSON object."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise Problem(422, "Invalid JSON", f"the `{name}` field is not valid JSON: {e.msg}",
+                      type_="validation-error") from e
+    if not isinstance(value, dict):
+        raise Problem(422, "Invalid JSON", f"the `{name}` field must be a JSON object", type_="validation-error")
+    return value
