@@ -57,7 +57,7 @@ def submit(state: AppState, owner: str, job_type: JobType, spec: dict[str, Any],
     try:
         state.celery.send_task(TASK_FOR_TYPE[job_type], args=[job.id], queue=QUEUE_FOR_TYPE[job_type],
                                retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                         "interval_step": 0.5, "timeout": 3})
+                                                         "interval_step": 0.5})
     except Exception as e:
         log.error("could not enqueue job %s: %s", job.id, e)
         try:
