@@ -1,0 +1,44 @@
+# DetBooth: `make run` brings the whole stack up on loopback; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast bench gpu-check lint compose-check clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip wheel setuptools
+	# torch first and pinned: here the CPU build on disk, on a GPU host the CUDA build from PyPI
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[all]'
+	# only for the CLIP BPE vocabulary file of the tiny test model; its torchvision dependency would
+	# replace torch, so it is installed without dependencies and never imported
+	$(PY) -m pip install -q --no-deps open_clip_torch==3.3.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m services.stack
+
+test: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/detect_bench.py
+	$(PY) bench/train_bench.py
+	$(PY) bench/gen_bench.py
+
+gpu-check:
+	bash bench/gpu_check.sh
+
+compose-check: $(STAMP)
+	$(PY) -m pytest -q tests/unit/test_compose.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache
