@@ -1,0 +1,62 @@
+"""`python -m services.stack` (what `make run` runs): embedded Redis, every service up, supervision, clean stop."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.procs import ROOT, free_port
+
+
+@pytest.mark.slow
+def test_stack_starts_everything_restarts_the_dead_and_stops_cleanly(tmp_path):
+    gw, det, dead_redis = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETBOOTH_")}
+    env.update({"DETBOOTH_REDIS_URL": f"redis://127.0.0.1:{dead_redis}/0",  # nothing there: embedded Redis
+                "DETBOOTH_DATA_DIR": str(tmp_path / "data"), "DETBOOTH_GATEWAY_PORT": str(gw),
+                "DETBOOTH_DETECTION_PORT": str(det), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    log = open(tmp_path / "stack.log", "wb")
+    stack = subprocess.Popen([sys.executable, "-m", "services.stack"], cwd=ROOT, env=env, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        text = ""
+        while "DetBooth is up" not in text:
+            assert stack.poll() is None, (tmp_path / "stack.log").read_text()
+            assert time.monotonic() < deadline, text
+            time.sleep(1)
+            text = (tmp_path / "stack.log").read_text()
+        key = re.search(r"API key: (\S+)", text).group(1)
+        assert key == (tmp_path / "data" / "api_key").read_text().strip()
+        h = {"Authorization": f"Bearer {key}"}
+        assert httpx.get(f"http://127.0.0.1:{gw}/models", headers=h).status_code == 200
+        ready = httpx.get(f"http://127.0.0.1:{gw}/readyz").json()
+        assert ready["ready"] and ready["checks"]["detection"]["ok"], ready
+        children = psutil.Process(stack.pid).children(recursive=True)
+        assert len(children) >= 4  # redis, detection, worker (+ its pool), gateway
+        # a dead gateway is started again
+        gateway = next(p for p in children if "gateway" in " ".join(p.cmdline()))
+        gateway.kill()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{gw}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "stack.log").read_text()
+            time.sleep(0.5)
+        assert "restarting" in (tmp_path / "stack.log").read_text()
+        children = psutil.Process(stack.pid).children(recursive=True)
+    finally:
+        stack.send_signal(signal.SIGTERM)
+        code = stack.wait(60)
+    assert code == 0
+    time.sleep(0.5)
+    assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
