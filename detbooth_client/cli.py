@@ -1,0 +1,309 @@
+"""`detbooth`: the command-line client of a DetBooth gateway.
+
+The gateway's URL and API key come from --url / --api-key or DETBOOTH_URL / DETBOOTH_API_KEY.
+Errors are one line on stderr and a non-zero exit (1: the request or the job failed, 2: bad usage).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from detbooth_client.client import TERMINAL, ApiError, DetBoothClient, Job
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+class CliError(Exception):
+    """A failure to report as one line and exit 1."""
+
+
+# ---------------------------------------------------------------- progress
+
+
+class ProgressBar:
+    """A one-line bar redrawn in place on a terminal; on a pipe, one line per new step at most every 2 s."""
+
+    def __init__(self, out: TextIO, width: int = 30):
+        self.out, self.width = out, width
+        self.tty = out.isatty()
+        self._last_print = 0.0
+        self._drawn = False
+
+    def update(self, step: int, total: int, metrics: dict[str, float], eta_s: float | None) -> None:
+        frac = min(1.0, step / total) if total else 0.0
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        extra = "".join(f"  {k} {v:.4g}" for k, v in sorted(metrics.items()) if k in ("loss", "it_s", "lr"))
+        eta = f"  eta {eta_s:.0f}s" if eta_s is not None else ""
+        line = f"[{bar}] {step}/{total or '?'}{extra}{eta}"
+        if self.tty:
+            self.out.write("\r\x1b[2K" + line)
+            self._drawn = True
+        elif time.monotonic() - self._last_print >= 2.0 or (total and step >= total):
+            self.out.write(line + "\n")
+            self._last_print = time.monotonic()
+        self.out.flush()
+
+    def message(self, text: str) -> None:
+        self.close()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self.out.write("\n")
+            self._drawn = False
+
+
+def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> Job:
+    """Follow a job's events to its end (progress on the bar), then return the finished job."""
+    for event in client.events(job_id):
+        if event.event == "progress" and bar is not None:
+            p = event.data.get("progress", {})
+            bar.update(int(p.get("step", 0)), int(p.get("total", 0)), event.data.get("metrics") or {},
+                       p.get("eta_s"))
+        elif event.event == "status" and bar is not None:
+            bar.message(f"status: {event.data.get('status')}")
+    if bar is not None:
+        bar.close()
+    job = client.job(job_id)
+    if job["status"] not in TERMINAL:  # the stream ended early (e.g. the job expired): poll instead
+        job = client.wait(job_id)
+    return job
+
+
+def ensure_succeeded(job: Job) -> Job:
+    if job["status"] == "succeeded":
+        return job
+    err = job.get("error") or {}
+    reason = f"{err.get('code')}: {err.get('message')}" if err else "no error recorded"
+    raise CliError(f"job {job['id']} {job['status']}: {reason}" if job["status"] == "failed"
+                   else f"job {job['id']} {job['status']}")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_detect(client: DetBoothClient, args: argparse.Namespace) -> int:
+    paths = [Path(p) for p in args.images]
+    for p in paths:
+        if not p.is_file():
+            raise CliError(f"no such file: {p}")
+    params = {"thresh": args.thresh, "box_thresh": args.box_thresh, "unclip_ratio": args.unclip_ratio,
+              "box_type": args.box_type, "limit_side_len": args.limit_side_len}
+    body = client.detect(paths, **params)
+    if args.draw:
+        for path in draw_boxes(paths, body["results"], Path(args.draw)):
+            print(f"drew {path}", file=sys.stderr)
+    if args.json:
+        json.dump(body, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"model: {body['model']}")
+    for path, res in zip(paths, body["results"]):
+        print(f"{path}: {res['width']}x{res['height']}, {len(res['boxes'])} boxes")
+        for box in res["boxes"]:
+            pts = " ".join(f"{x:.0f},{y:.0f}" for x, y in box["points"])
+            print(f"  {box['score']:.3f}  {pts}")
+    return 0
+
+
+def draw_boxes(paths: Sequence[Path], results: Sequence[dict], out: Path) -> list[Path]:
+    """Each image with its boxes drawn; `out` is a file for one image (by its suffix), else a folder."""
+    from PIL import Image, ImageDraw
+
+    single = len(paths) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
+    if not single:
+        out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path, res in zip(paths, results):
+        with Image.open(path) as src:
+            img = src.convert("RGB")
+        draw = ImageDraw.Draw(img)
+        line = max(2, round(max(img.size) / 400))
+        for box in res["boxes"]:
+            pts = [tuple(p) for p in box["points"]]
+            draw.line(pts + [pts[0]], fill=(0, 200, 80), width=line)
+            x, y = min(p[0] for p in pts), min(p[1] for p in pts)
+            draw.text((x + 2, max(0, y - 12)), f"{box['score']:.2f}", fill=(255, 40, 40))
+        dest = out if single else out / f"{path.stem}.boxes.png"
+        img.save(dest)
+        written.append(dest)
+    return written
+
+
+def cmd_finetune(client: DetBoothClient, args: argparse.Namespace) -> int:
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise CliError(f"--images must be a folder of 3–20 images: {folder} is not a folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise CliError(f"no images (png, jpg, webp, ...) in {folder}")
+    config: dict[str, Any] = {"instance_prompt": args.instance_prompt, "class_prompt": args.class_prompt}
+    optional = {"method": args.method, "max_train_steps": args.steps, "resolution": args.resolution,
+                "base_model": args.base_model, "with_prior_preservation": args.prior_preservation}
+    config.update({k: v for k, v in optional.items() if v is not None})
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    job = client.finetune(images, config, idempotency_key=args.idempotency_key)
+    print(f"job {job['id']} {job['status']} ({len(images)} images)", file=sys.stderr)
+    if not args.watch:
+        print(job["id"])
+        return 0
+    job = ensure_succeeded(follow(client, job["id"], ProgressBar(sys.stderr)))
+    print(json.dumps(job.get("result"), indent=2))
+    print(f"model id: {job['id']}  (use: detbooth generate PROMPT --model {job['id']})", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(client: DetBoothClient, args: argparse.Namespace) -> int:
+    params = {"model": args.model, "negative_prompt": args.negative_prompt, "guidance_scale": args.guidance,
+              "num_inference_steps": args.steps, "seed": args.seed, "width": args.width, "height": args.height,
+              "num_images": args.num_images}
+    job = client.generate(args.prompt, **params)
+    print(f"job {job['id']} {job['status']}", file=sys.stderr)
+    job = ensure_succeeded(follow(client, job["id"], None))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    result = job.get("result") or {}
+    for i, image in enumerate(result.get("images", [])):
+        dest = client.download(image["url"], out / f"{job['id']}-{i}.png")
+        print(f"{dest}\tseed {image.get('seed')}")
+    if result.get("warning"):
+        print(f"warning: {result['warning']}", file=sys.stderr)
+    return 0
+
+
+def _job_line(job: Job) -> str:
+    p = job.get("progress") or {}
+    progress = f"{p.get('step', 0)}/{p['total']}" if p.get("total") else ""
+    err = (job.get("error") or {}).get("code", "")
+    return "\t".join([job["id"], job["type"], job["status"], job["created_at"], progress, err]).rstrip()
+
+
+def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        jobs, cursor = client.jobs(limit=args.limit, type=args.type)
+        if args.json:
+            print(json.dumps({"jobs": jobs, "next_cursor": cursor}, indent=2))
+        else:
+            for job in jobs:
+                print(_job_line(job))
+            if cursor:
+                print(f"(more: --limit {args.limit * 2})", file=sys.stderr)
+        return 0
+    if not args.id:
+        raise CliError(f"jobs {args.action} needs a job id")
+    job = client.cancel(args.id) if args.action == "cancel" else client.job(args.id)
+    if args.action == "cancel" and not args.json:
+        print(_job_line(job))
+    else:
+        print(json.dumps(job, indent=2))
+    return 0
+
+
+def cmd_models(client: DetBoothClient, args: argparse.Namespace) -> int:
+    for m in client.models():
+        print("\t".join([m["id"], m["kind"], m.get("instance_prompt") or m.get("base_model") or ""]))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line too (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="detbooth", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=os.environ.get("DETBOOTH_URL", "http://127.0.0.1:8000"),
+                   help="gateway URL (default: $DETBOOTH_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", default=os.environ.get("DETBOOTH_API_KEY"),
+                   help="API key (default: $DETBOOTH_API_KEY)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer (default 120)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("detect", help="find text boxes in images")
+    d.add_argument("images", nargs="+", metavar="IMG")
+    d.add_argument("--draw", metavar="OUT", help="save each image with its boxes drawn: a folder, "
+                   "or a .png/.jpg file for one image")
+    d.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
+    d.add_argument("--thresh", type=float, help="binarisation threshold of the probability map")
+    d.add_argument("--box-thresh", type=float, help="minimum mean score of a box")
+    d.add_argument("--unclip-ratio", type=float, help="how far boxes are grown")
+    d.add_argument("--limit-side-len", type=int, help="resize target side")
+    d.add_argument("--box-type", choices=["quad", "poly"])
+    d.set_defaults(func=cmd_detect)
+
+    f = sub.add_parser("finetune", help="start a DreamBooth fine-tune on 3–20 images of a subject")
+    f.add_argument("--images", required=True, metavar="DIR", help="folder with 3–20 images of the subject")
+    f.add_argument("--instance-prompt", required=True, help='with a rare identifier, e.g. "a photo of sks dog"')
+    f.add_argument("--class-prompt", required=True, help='e.g. "a photo of a dog"')
+    f.add_argument("--method", choices=["lora", "full"])
+    f.add_argument("--steps", type=int, help="training steps (max_train_steps)")
+    f.add_argument("--resolution", type=int)
+    f.add_argument("--base-model", help="base model (default: the service's)")
+    f.add_argument("--prior-preservation", action=argparse.BooleanOptionalAction, default=None,
+                   help="class-prior preservation loss")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config field (JSON value)")
+    f.add_argument("--idempotency-key", help="a retried command with the same key returns the same job")
+    f.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
+    f.set_defaults(func=cmd_finetune)
+
+    g = sub.add_parser("generate", help="generate images from the base model or a fine-tune")
+    g.add_argument("prompt")
+    g.add_argument("--model", help="`base` or the id of a fine-tune job that succeeded")
+    g.add_argument("--negative-prompt")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (e.g. 7.5)")
+    g.add_argument("--steps", type=int, help="inference steps")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--height", type=int)
+    g.add_argument("-n", "--num-images", type=int)
+    g.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save the images (default .)")
+    g.set_defaults(func=cmd_generate)
+
+    j = sub.add_parser("jobs", help="list, show or cancel your jobs")
+    j.add_argument("action", choices=["list", "show", "cancel"])
+    j.add_argument("id", nargs="?")
+    j.add_argument("--type", choices=["finetune", "generate"])
+    j.add_argument("--limit", type=int, default=20)
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(func=cmd_jobs)
+
+    m = sub.add_parser("models", help="list the base model and your fine-tunes")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        with DetBoothClient(args.url, args.api_key, timeout=args.timeout) as client:
+            return args.func(client, args)
+    except (ApiError, CliError, OSError) as e:
+        print("detbooth: error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("detbooth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

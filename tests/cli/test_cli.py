@@ -1,0 +1,154 @@
+"""The `detbooth` command against the real stack (gateway over uvicorn, Redis, a Celery worker)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from detbooth_client.cli import main
+from tests.cli.stack import HAS_DETECTION, subject_images, text_image
+from tests.procs import ROOT
+
+GENERATION = (ROOT / "services" / "dreambooth" / "generate.py").is_file()
+TRAINING = (ROOT / "services" / "dreambooth" / "train").is_dir()
+
+
+@pytest.fixture
+def run(stack, capsys):
+    """`detbooth ARGS` in-process as alice: (exit code, stdout, stderr)."""
+
+    def _run(*args, key="key-alice", url=None):
+        argv = ["--url", url or stack.url, *(["--api-key", key] if key else []), *args]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return _run
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("detbooth: error: "), err
+    return lines[0]
+
+
+def test_missing_or_wrong_key_is_one_line(run):
+    assert "Unauthorized (401)" in one_line_error(*run("jobs", "list", key=None)[::2])
+    assert "not valid" in one_line_error(*run("jobs", "list", key="nope")[::2])
+
+
+def test_unreachable_gateway_is_one_line(run):
+    line = one_line_error(*run("jobs", "list", url="http://127.0.0.1:9")[::2])
+    assert "Cannot reach the gateway" in line and "127.0.0.1:9" in line
+
+
+def test_url_and_key_from_environment_via_entry_point(stack):
+    env = {**os.environ, "DETBOOTH_URL": stack.url, "DETBOOTH_API_KEY": "key-bob"}
+    r = subprocess.run([sys.executable, "-m", "detbooth_client", "models"], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("base\tbase\t")
+    r = subprocess.run([sys.executable, "-m", "detbooth_client", "jobs", "list"], env={**env, "DETBOOTH_API_KEY": ""},
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "401" in r.stderr
+
+
+def test_usage_errors_exit_2(run, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "detbooth generate: error: the following arguments are required: prompt (see detbooth generate --help)\n"
+    code, _, err = run("finetune", "--images", "/nonexistent", "--instance-prompt", "a", "--class-prompt", "b")
+    assert "not a folder" in one_line_error(code, err)
+
+
+def test_finetune_too_few_images_is_the_gateways_message(run, tmp_path):
+    folder = subject_images(tmp_path / "two", n=2)
+    code, _, err = run("finetune", "--images", str(folder), "--instance-prompt", "a photo of sks dog",
+                       "--class-prompt", "a photo of a dog")
+    assert "Wrong number of images (422): send 3–20 images" in one_line_error(code, err)
+
+
+def test_finetune_then_jobs_list_show_cancel(run, tmp_path):
+    folder = subject_images(tmp_path / "dog")
+    code, out, err = run("finetune", "--images", str(folder), "--instance-prompt", "a photo of sks dog",
+                         "--class-prompt", "a photo of a dog", "--method", "lora", "--steps", "500",
+                         "--resolution", "64", "--no-prior-preservation")
+    assert code == 0, err
+    job_id = out.strip()
+    assert f"job {job_id} queued (3 images)" in err
+
+    code, out, _ = run("jobs", "list", "--type", "finetune")
+    assert code == 0 and out.splitlines()[0].split("\t")[:2] == [job_id, "finetune"]
+    code, out, _ = run("jobs", "show", job_id)
+    shown = json.loads(out)
+    assert shown["id"] == job_id and shown["spec"]["config"]["max_train_steps"] == 500
+    assert shown["spec"]["config"]["method"] == "lora"
+
+    code, out, err = run("jobs", "cancel", job_id)
+    if code == 0:  # still queued or running: canceled now, or cooperatively at its next step
+        assert job_id in out and ("canceled" in out or "running" in out)
+    else:  # it had already ended
+        assert "Job already finished (409)" in one_line_error(code, err)
+    assert "Job not found (404)" in one_line_error(*run("jobs", "show", job_id, key="key-bob")[::2])
+
+
+@pytest.mark.skipif(TRAINING, reason="fine-tuning is implemented: the happy path is tested instead")
+def test_finetune_watch_reports_the_jobs_failure(run, tmp_path):
+    folder = subject_images(tmp_path / "cat")
+    code, out, err = run("finetune", "--images", str(folder), "--instance-prompt", "a photo of sks cat",
+                         "--class-prompt", "a photo of a cat", "--steps", "2", "--resolution", "64", "--watch")
+    assert code == 1
+    assert "failed: not_implemented: fine-tuning is not implemented yet" in err.strip().splitlines()[-1]
+
+
+def test_generate_unknown_model_is_one_line(run, tmp_path):
+    code, _, err = run("generate", "a photo of sks dog", "--model", "nope", "-o", str(tmp_path))
+    assert "Unknown model (422): model `nope` is neither `base`" in one_line_error(code, err)
+
+
+@pytest.mark.skipif(GENERATION, reason="generation is implemented: the happy path is tested instead")
+def test_generate_reports_the_jobs_failure(run, tmp_path):
+    code, _, err = run("generate", "a photo of sks dog", "--steps", "2", "-o", str(tmp_path))
+    assert "failed: not_implemented" in one_line_error(code, err.splitlines()[-1] + "\n")
+
+
+@pytest.mark.skipif(not GENERATION, reason="generation is not implemented in this checkout")
+def test_generate_saves_images_with_their_seeds(run, tmp_path):
+    code, out, err = run("generate", "a photo of sks dog", "--steps", "2", "--width", "64", "--height", "64",
+                         "--seed", "42", "-n", "2", "--guidance", "5", "-o", str(tmp_path / "out"))
+    assert code == 0, err
+    rows = [line.split("\t") for line in out.strip().splitlines()]
+    assert len(rows) == 2 and rows[0][1] == "seed 42"
+    for path, _ in rows:
+        with Image.open(path) as img:
+            assert img.size == (64, 64)
+
+
+@pytest.mark.skipif(HAS_DETECTION, reason="the detection service runs: the happy path is tested instead")
+def test_detect_without_detection_service_is_one_line(run, tmp_path):
+    img = text_image(tmp_path / "page.png")
+    line = one_line_error(*run("detect", str(img))[::2])
+    assert "Detection unavailable (503)" in line and "retry after 5 s" in line
+
+
+@pytest.mark.skipif(not HAS_DETECTION, reason="no detection service in this checkout")
+def test_detect_prints_boxes_draws_them_and_json(run, tmp_path):
+    img = text_image(tmp_path / "page.png")
+    code, out, err = run("detect", str(img), "--box-thresh", "0.5", "--draw", str(tmp_path / "drawn"))
+    assert code == 0, err
+    assert out.startswith("model: ") and "page.png: 480x200," in out
+    assert (tmp_path / "drawn" / "page.boxes.png").is_file()
+    code, out, _ = run("detect", str(img), str(img), "--json")
+    body = json.loads(out)
+    assert len(body["results"]) == 2 and body["results"][0]["boxes"]
+    assert body["results"][0]["boxes"][0]["score"] > 0
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    code, _, err = run("detect", str(bad))
+    assert one_line_error(code, err)
