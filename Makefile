@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+CHROMIUM := $(VENV)/.chromium
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-fast bench gpu-check lint compose-check clean
@@ -18,15 +19,24 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps open_clip_torch==3.3.0
 	touch $(STAMP)
 
-install: $(STAMP)
+# The web console's browser tests drive Debian's chromium package (Playwright never downloads a browser).
+$(CHROMIUM):
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  ($$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium) || true; \
+	fi
+	@[ -x /usr/bin/chromium ] || echo "warning: /usr/bin/chromium missing: the browser tests (tests/ui) will be skipped" >&2
+	@mkdir -p $(VENV) && touch $@
+
+install: $(STAMP) $(CHROMIUM)
 
 run: $(STAMP)
 	$(PY) -m services.stack
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from gateway.auth import load_key_hashes
+from gateway.console import console_app
 from gateway.detection_client import make_client
 from gateway.errors import install_error_handlers
 from gateway.middleware import MetricsAndHeaders
@@ -47,6 +48,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
     install_error_handlers(app)
     for module in (detect, finetune, generate, jobs, artifacts, models, health):
         app.include_router(module.router)
+    app.mount("/ui", console_app(), name="ui")
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins.split(","),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key",

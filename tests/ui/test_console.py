@@ -1,0 +1,184 @@
+"""The web console at /ui in a real headless chromium against the real stack: each tab's main path, errors
+shown to the user, screenshots under test-artifacts/ui/."""
+
+import json
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.cli.stack import HAS_DETECTION, subject_images, text_image
+from tests.procs import ROOT
+from tests.ui.conftest import login, shot
+
+GENERATION = (ROOT / "services" / "dreambooth" / "generate.py").is_file()
+TRAINING = (ROOT / "services" / "dreambooth" / "train").is_dir()
+ALICE = {"Authorization": "Bearer key-alice"}
+
+
+def real_errors(page) -> list[str]:
+    """Console errors other than the browser's own note on an HTTP error answer the test asked for."""
+    return [e for e in page.console_errors if "Failed to load resource" not in e]
+
+
+def test_console_is_served_with_a_self_only_csp(stack):
+    r = httpx.get(f"{stack.url}/ui", follow_redirects=True)
+    assert r.status_code == 200 and "<title>DetBooth console</title>" in r.text
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "http" not in csp and "unsafe" not in csp
+    for asset in ("app.js", "style.css"):
+        assert httpx.get(f"{stack.url}/ui/{asset}").status_code == 200
+    assert httpx.get(f"{stack.url}/ui/nope.js").status_code == 404
+
+
+def test_key_is_asked_once_per_session_and_a_wrong_key_is_refused(page, stack):
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(f"{stack.url}/ui/")
+    assert page.is_visible("#key-dialog")
+    page.fill("#key-input", "wrong-key")
+    page.click("#key-submit")
+    page.wait_for_selector("#key-error:not([hidden])")
+    assert "the API key is not valid" in page.inner_text("#key-error")
+    shot(page, "key-refused")
+    page.fill("#key-input", "key-alice")
+    page.click("#key-submit")
+    page.wait_for_selector("#key-dialog", state="hidden")
+    assert page.inner_text("#key-status") == "key …lice"
+    page.reload()  # same browser session: not asked again
+    page.wait_for_selector("#key-status:text('key …lice')")
+    assert not page.is_visible("#key-dialog")
+    origin = urlparse(stack.url).netloc
+    assert requests and all(urlparse(u).netloc == origin for u in requests), requests  # nothing external
+    assert real_errors(page) == []
+
+
+@pytest.mark.skipif(HAS_DETECTION, reason="the detection service runs: the happy path is tested instead")
+def test_detect_shows_the_gateways_error(page, stack, tmp_path):
+    login(page, stack, tab="detect")
+    page.set_input_files("#detect-files", str(text_image(tmp_path / "page.png")))
+    page.wait_for_selector("#detect-error:not([hidden])")
+    text = page.inner_text("#detect-error")
+    assert "Detection unavailable (503)" in text and "retry after 5 s" in text
+    shot(page, "detect-error")
+    assert real_errors(page) == []
+
+
+@pytest.mark.skipif(not HAS_DETECTION, reason="no detection service in this checkout")
+def test_detect_draws_boxes_updates_on_threshold_change_and_downloads_json(page, stack, tmp_path):
+    login(page, stack, tab="detect")
+    page.set_input_files("#detect-files", [str(text_image(tmp_path / "page.png")),
+                                           str(text_image(tmp_path / "sign.png", lines=("OPEN 24 HOURS",)))])
+    page.wait_for_selector(".det-card >> nth=1")
+    counts = [int(c) for c in page.eval_on_selector_all(".det-canvas", "cs => cs.map(c => c.dataset.boxes)")]
+    assert len(counts) == 2 and all(n > 0 for n in counts), counts
+    assert page.is_hidden("#detect-error")
+    shot(page, "detect-boxes")
+
+    with page.expect_request(lambda r: r.url.endswith("/detect") and r.method == "POST") as req:
+        page.eval_on_selector("#det-box-thresh", "e => { e.value = '0.95'; e.dispatchEvent(new Event('change')); }")
+    assert 'name="box_thresh"\r\n\r\n0.95' in req.value.post_data_buffer.decode("latin-1")
+    page.wait_for_function("document.querySelector('#detect-status').textContent.includes(' ms')")
+
+    with page.expect_download() as dl:
+        page.click("#detect-download")
+    body = json.loads(open(dl.value.path()).read())
+    assert body["params"]["box_thresh"] == "0.95" and len(body["results"]) == 2 and body["model"]
+
+    page.set_input_files("#detect-files", {"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"})
+    page.wait_for_selector("#detect-error:not([hidden])")
+    assert page.inner_text("#detect-error")
+    shot(page, "detect-bad-file")
+
+
+def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path):
+    login(page, stack, tab="finetune")
+    images = sorted(str(p) for p in subject_images(tmp_path / "dog").iterdir())
+    page.set_input_files("#ft-files", images[:2])
+    page.fill("#ft-instance", "a photo of sks dog")
+    page.fill("#ft-class", "a photo of a dog")
+    page.click("#ft-submit")
+    assert "needs 3–20 images of the subject; 2 chosen" in page.inner_text("#ft-error")
+
+    page.set_input_files("#ft-files", images[2:])
+    page.wait_for_function("document.querySelectorAll('#ft-thumbs canvas').length === 3")
+    page.fill("#ft-steps", "2")
+    page.fill("#ft-resolution", "64")
+    page.click("#ft-submit")
+    page.wait_for_selector("#ft-progress-box:not([hidden])")
+    job_id = page.inner_text("#ft-job").removeprefix("job ")
+    page.wait_for_selector("#ft-state.succeeded, #ft-state.failed, #ft-state.canceled", timeout=120_000)
+    job = httpx.get(f"{stack.url}/jobs/{job_id}", headers=ALICE).json()
+    assert job["spec"]["config"]["max_train_steps"] == 2 and job["spec"]["config"]["method"] == "lora"
+    if TRAINING:
+        assert page.get_attribute("#ft-state", "class") == "badge succeeded"
+        assert page.eval_on_selector("#ft-progress", "p => p.value === p.max && p.max > 0")
+    else:
+        page.wait_for_selector("#ft-error:not([hidden])")
+        assert "Fine-tune failed: not_implemented: fine-tuning is not implemented yet" in page.inner_text("#ft-error")
+    assert page.is_hidden("#ft-cancel")
+    shot(page, "finetune-finished")
+    assert real_errors(page) == []
+
+
+def test_generate_shows_errors_and_results(page, stack):
+    login(page, stack, tab="generate")
+    page.wait_for_selector("#gen-model option[value=base]", state="attached")
+    page.fill("#gen-prompt", "   ")  # passes the form's `required`, not the gateway's validation
+    page.click("#gen-submit")
+    page.wait_for_selector("#gen-error:not([hidden])")
+    assert "Invalid request (422): body.prompt: String should have at least 1 character" in page.inner_text("#gen-error")
+    shot(page, "generate-invalid")
+
+    page.fill("#gen-prompt", "a photo of sks dog on the moon")
+    page.fill("#gen-width", "64")
+    page.fill("#gen-height", "64")
+    page.fill("#gen-steps", "2")
+    page.fill("#gen-seed", "7")
+    page.fill("#gen-count", "2")
+    page.click("#gen-submit")
+    if not GENERATION:
+        page.wait_for_selector("#gen-error:has-text('Generation failed')", timeout=60_000)
+        assert "not_implemented" in page.inner_text("#gen-error")
+        shot(page, "generate-failed")
+        return
+    page.wait_for_selector(".gen-card >> nth=1", timeout=120_000)
+    assert page.is_hidden("#gen-error")
+    seeds = page.eval_on_selector_all(".gen-card .seed", "s => s.map(x => x.textContent)")
+    assert seeds[0] == "seed 7" and len(seeds) == 2
+    with page.expect_download() as dl:
+        page.click(".gen-card .download >> nth=0")
+    assert dl.value.suggested_filename.endswith("-0.png")
+    assert open(dl.value.path(), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    shot(page, "generate-gallery")
+
+
+def test_jobs_lists_own_jobs_with_status_details_and_cancel(page, stack):
+    r = httpx.post(f"{stack.url}/generate", headers=ALICE, json={"prompt": "jobs tab", "num_inference_steps": 1,
+                                                                "width": 64, "height": 64})
+    job_id = r.json()["id"]
+    login(page, stack, tab="jobs")
+    row = f"tr[data-job='{job_id}']"
+    page.wait_for_selector(row)
+    assert page.inner_text(f"{row} td:nth-child(2)") == "generate"
+    page.click(f"{row} td:first-child button")
+    page.wait_for_selector("#job-detail:not([hidden])")
+    assert json.loads(page.inner_text("#job-detail"))["id"] == job_id
+    page.wait_for_timeout(500)
+    page.click("#jobs-refresh")
+    page.wait_for_selector(f"{row} .badge:text-matches('succeeded|failed|canceled')", timeout=60_000)
+    shot(page, "jobs")
+
+    # a job that ended cannot be canceled: the gateway's 409 is shown
+    page.evaluate(f"cancelJob('{job_id}')")
+    page.wait_for_selector("#jobs-error:not([hidden])")
+    assert "Job already finished (409)" in page.inner_text("#jobs-error")
+
+    page.click("#change-key")  # another key sees none of alice's jobs
+    page.fill("#key-input", "key-bob")
+    page.click("#key-submit")
+    page.wait_for_selector("#key-dialog", state="hidden")
+    page.click("#jobs-refresh")
+    page.wait_for_selector("#jobs-status:text('no jobs yet')")
+    assert page.query_selector(row) is None
