@@ -205,6 +205,10 @@ def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
         return 0
     if not args.id:
         raise CliError(f"jobs {args.action} needs a job id")
+    if args.action == "watch":
+        job = ensure_succeeded(follow(client, args.id, ProgressBar(sys.stderr)))
+        print(json.dumps(job.get("result"), indent=2))
+        return 0
     job = client.cancel(args.id) if args.action == "cancel" else client.job(args.id)
     if args.action == "cancel" and not args.json:
         print(_job_line(job))
@@ -279,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save the images (default .)")
     g.set_defaults(func=cmd_generate)
 
-    j = sub.add_parser("jobs", help="list, show or cancel your jobs")
-    j.add_argument("action", choices=["list", "show", "cancel"])
+    j = sub.add_parser("jobs", help="list, show, watch (progress bar until it ends) or cancel your jobs")
+    j.add_argument("action", choices=["list", "show", "watch", "cancel"])
     j.add_argument("id", nargs="?")
     j.add_argument("--type", choices=["finetune", "generate"])
     j.add_argument("--limit", type=int, default=20)

@@ -202,12 +202,13 @@ $("key-dialog").addEventListener("cancel", (e) => { if (sessionStorage.getItem(K
 $("change-key").addEventListener("click", () => askForKey());
 
 function showTab() {
-  const name = (location.hash || "#detect").slice(1);
+  const [name, arg] = (location.hash || "#detect").slice(1).split("/");
   const tab = ["detect", "finetune", "generate", "jobs"].includes(name) ? name : "detect";
   for (const a of document.querySelectorAll(".tabs a")) a.setAttribute("aria-selected", String(a.dataset.tab === tab));
   for (const p of document.querySelectorAll(".panel")) p.hidden = p.id !== `tab-${tab}`;
   if (sessionStorage.getItem(KEY_STORE) === null) return;
   if (tab === "jobs") loadJobs(false);
+  if (tab === "finetune" && arg && (!ft.job || ft.job.id !== arg)) watchFinetuneById(arg);
   if (tab === "generate") loadModels();
 }
 window.addEventListener("hashchange", showTab);
@@ -254,7 +255,7 @@ async function renderDetections(body) {
     drawBoxes(canvas.getContext("2d"), res.boxes, scale);
     cards.push(el("figure", { class: "card det-card" }, canvas,
       el("figcaption", {}, el("strong", {}, file.name), ` ${res.width}×${res.height} · `,
-         el("span", { class: "box-count" }, `${res.boxes.length} boxes`))));
+         el("span", { class: "box-count" }, `${res.boxes.length} box${res.boxes.length === 1 ? "" : "es"}`))));
   }
   box.replaceChildren(...cards);
 }
@@ -331,6 +332,7 @@ $("finetune-form").addEventListener("submit", async (e) => {
   $("ft-submit").disabled = true;
   try {
     const job = await getJSON("/finetune", { method: "POST", form });
+    history.replaceState(null, "", `#finetune/${job.id}`);  // a reload follows the same job
     watchFinetune(job);
   } catch (err) {
     showError("ft-error", err);
@@ -383,6 +385,11 @@ async function watchFinetune(job) {
   }
 }
 
+async function watchFinetuneById(id) {
+  showError("ft-error", null);
+  try { watchFinetune(await getJSON(`/jobs/${encodeURIComponent(id)}`)); } catch (err) { showError("ft-error", err); }
+}
+
 $("ft-cancel").addEventListener("click", async () => {
   if (!ft.job) return;
   try {
@@ -399,7 +406,7 @@ function drawChart() {
   ctx.strokeStyle = "#c9ced6"; ctx.lineWidth = 1;
   ctx.beginPath(); ctx.moveTo(pad, 8); ctx.lineTo(pad, H - pad + 8); ctx.lineTo(W - 8, H - pad + 8); ctx.stroke();
   ctx.fillStyle = "#667085"; ctx.font = "11px sans-serif";
-  ctx.fillText("loss", 4, 14);
+  ctx.fillText("loss", pad + 6, 16);
   const pts = ft.losses;
   if (!pts.length) { ctx.fillText("waiting for the first step…", pad + 10, H / 2); return; }
   const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
@@ -486,6 +493,8 @@ function jobDetails(job) {
   const parts = [];
   for (const [i, image] of (res.images || []).entries())
     parts.push(el("button", { type: "button", class: "link", onclick: () => downloadArtifact(image.url, `${job.id}-${i}.png`) }, `image ${i} (seed ${image.seed})`), " ");
+  if (job.type === "finetune" && !TERMINAL.has(job.status))
+    parts.push(el("a", { href: `#finetune/${job.id}`, class: "watch" }, "watch progress"));
   if (job.type === "finetune" && job.status === "succeeded")
     parts.push(el("a", { href: "#generate", onclick: () => loadModels(job.id) }, "generate with this model"));
   if (!parts.length && job.metrics && typeof job.metrics.loss === "number") parts.push(`loss ${job.metrics.loss.toFixed(4)}`);

@@ -26,8 +26,12 @@ class Stack:
 
 
 def start_detection(env: dict[str, str], log_dir: Path) -> tuple[Proc, str]:
+    """The detection service offline (the PyPI-shipped fallback model), small buckets, two threads."""
     port = free_port()
-    env = {**env, "DETBOOTH_DETECTION_PORT": str(port), "DETBOOTH_DETECTION_HOST": "127.0.0.1"}
+    env = {**env, "DETBOOTH_DETECTION_PORT": str(port), "DETBOOTH_DETECTION_HOST": "127.0.0.1",
+           "DETBOOTH_DETECTION_PADDLEX_CACHE_DIR": str(log_dir / "no-paddlex-cache"),
+           "DETBOOTH_DETECTION_ALLOW_DOWNLOAD": "false", "DETBOOTH_DETECTION_BUCKET_SIDES": "[320, 480, 640]",
+           "DETBOOTH_DETECTION_CPU_THREADS": "2", "DETBOOTH_DETECTION_MAX_QUEUE_DELAY_MS": "5"}
     proc = Proc("detection", python_cmd("-m", "services.detection"), env, log_dir)
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(f"{url}/readyz", timeout=180)

@@ -4,9 +4,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
+import redis
 from PIL import Image
+
+from gateway.auth import hash_key, owner_of
+from services.jobs.schema import JobStatus, JobType, Progress
+from services.jobs.store import JobStore
 
 from detbooth_client.cli import main
 from tests.cli.stack import HAS_DETECTION, subject_images, text_image
@@ -152,3 +159,25 @@ def test_detect_prints_boxes_draws_them_and_json(run, tmp_path):
     bad.write_text("not an image")
     code, _, err = run("detect", str(bad))
     assert one_line_error(code, err)
+
+
+def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
+    """This test plays the worker through the job store, so the progress events are known."""
+    store = JobStore(redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"])
+    job, _ = store.create(JobType.finetune, owner_of(hash_key("key-alice")), {"config": {}})  # never queued
+    store.transition(job.id, JobStatus.running, expected={JobStatus.queued})
+
+    def worker():
+        for step in range(1, 5):
+            store.report_progress(job.id, Progress(step=step, total=4, eta_s=4 - step), {"loss": 1.0 / step})
+            time.sleep(0.05)
+        store.transition(job.id, JobStatus.succeeded, expected={JobStatus.running},
+                         result={"model": {"key": f"jobs/{job.id}/model/lora.safetensors"}})
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    code, out, err = run("jobs", "watch", job.id)
+    thread.join()
+    assert code == 0, err
+    assert f"[{'#' * 30}] 4/4  loss 0.25  eta 0s" in err and "status: succeeded" in err
+    assert json.loads(out)["model"]["url"].endswith(f"/artifacts/jobs/{job.id}/model/lora.safetensors")

@@ -6,6 +6,11 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+import redis
+
+from gateway.auth import hash_key, owner_of
+from services.jobs.schema import JobStatus, JobType, Progress
+from services.jobs.store import JobStore
 
 from tests.cli.stack import HAS_DETECTION, subject_images, text_image
 from tests.procs import ROOT
@@ -76,10 +81,12 @@ def test_detect_draws_boxes_updates_on_threshold_change_and_downloads_json(page,
     assert page.is_hidden("#detect-error")
     shot(page, "detect-boxes")
 
-    with page.expect_request(lambda r: r.url.endswith("/detect") and r.method == "POST") as req:
+    with page.expect_response(lambda r: r.url.endswith("/detect") and r.request.method == "POST") as resp:
         page.eval_on_selector("#det-box-thresh", "e => { e.value = '0.95'; e.dispatchEvent(new Event('change')); }")
-    assert 'name="box_thresh"\r\n\r\n0.95' in req.value.post_data_buffer.decode("latin-1")
-    page.wait_for_function("document.querySelector('#detect-status').textContent.includes(' ms')")
+    assert resp.value.ok
+    page.wait_for_selector("#detect-status:has-text(' ms')")
+    after = [int(c) for c in page.eval_on_selector_all(".det-canvas", "cs => cs.map(c => c.dataset.boxes)")]
+    assert all(a <= b for a, b in zip(after, counts)), (after, counts)  # a stricter box threshold: fewer boxes
 
     with page.expect_download() as dl:
         page.click("#detect-download")
@@ -102,7 +109,7 @@ def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path
     assert "needs 3–20 images of the subject; 2 chosen" in page.inner_text("#ft-error")
 
     page.set_input_files("#ft-files", images[2:])
-    page.wait_for_function("document.querySelectorAll('#ft-thumbs canvas').length === 3")
+    page.wait_for_selector("#ft-thumbs canvas >> nth=2")
     page.fill("#ft-steps", "2")
     page.fill("#ft-resolution", "64")
     page.click("#ft-submit")
@@ -119,6 +126,32 @@ def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path
         assert "Fine-tune failed: not_implemented: fine-tuning is not implemented yet" in page.inner_text("#ft-error")
     assert page.is_hidden("#ft-cancel")
     shot(page, "finetune-finished")
+    assert real_errors(page) == []
+
+
+def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
+    """This test plays the worker through the job store, so progress arrives step by step at its own pace."""
+    store = JobStore(redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"])
+    config = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog", "max_train_steps": 10}
+    job, _ = store.create(JobType.finetune, owner_of(hash_key("key-alice")), {"config": config})  # never queued
+    store.transition(job.id, JobStatus.running, expected={JobStatus.queued})
+    login(page, stack, tab="jobs")
+    page.click(f"tr[data-job='{job.id}'] a.watch")
+    page.wait_for_selector("#ft-state.running")
+    for step in range(1, 7):
+        store.report_progress(job.id, Progress(step=step, total=10, eta_s=2.0 * (10 - step)),
+                              {"loss": 0.5 / step + 0.05, "it_s": 3.0})
+    page.wait_for_selector("#ft-progress-text:has-text('step 6 / 10 · loss 0.1333 · eta 8 s')")
+    assert page.eval_on_selector("#ft-progress", "p => [p.value, p.max]") == [6, 10]
+    assert page.evaluate("ft.losses.length") == 6
+    shot(page, "finetune-progress")
+
+    page.click("#ft-cancel")
+    page.wait_for_selector("#ft-progress-text:has-text('cancel requested')")
+    assert store.get(job.id).cancel_requested
+    store.transition(job.id, JobStatus.canceled, expected={JobStatus.running})  # the worker stops at its next step
+    page.wait_for_selector("#ft-state.canceled")
+    assert page.is_hidden("#ft-cancel") and page.is_hidden("#ft-error")
     assert real_errors(page) == []
 
 
