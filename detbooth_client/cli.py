@@ -65,8 +65,9 @@ def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> Job:
     for event in client.events(job_id):
         if event.event == "progress" and bar is not None:
             p = event.data.get("progress", {})
-            bar.update(int(p.get("step", 0)), int(p.get("total", 0)), event.data.get("metrics") or {},
-                       p.get("eta_s"))
+            bar.update(
+                int(p.get("step", 0)), int(p.get("total", 0)), event.data.get("metrics") or {}, p.get("eta_s")
+            )
         elif event.event == "status" and bar is not None:
             bar.message(f"status: {event.data.get('status')}")
     if bar is not None:
@@ -82,8 +83,11 @@ def ensure_succeeded(job: Job) -> Job:
         return job
     err = job.get("error") or {}
     reason = f"{err.get('code')}: {err.get('message')}" if err else "no error recorded"
-    raise CliError(f"job {job['id']} {job['status']}: {reason}" if job["status"] == "failed"
-                   else f"job {job['id']} {job['status']}")
+    raise CliError(
+        f"job {job['id']} {job['status']}: {reason}"
+        if job["status"] == "failed"
+        else f"job {job['id']} {job['status']}"
+    )
 
 
 # ---------------------------------------------------------------- commands
@@ -94,8 +98,13 @@ def cmd_detect(client: DetBoothClient, args: argparse.Namespace) -> int:
     for p in paths:
         if not p.is_file():
             raise CliError(f"no such file: {p}")
-    params = {"thresh": args.thresh, "box_thresh": args.box_thresh, "unclip_ratio": args.unclip_ratio,
-              "box_type": args.box_type, "limit_side_len": args.limit_side_len}
+    params = {
+        "thresh": args.thresh,
+        "box_thresh": args.box_thresh,
+        "unclip_ratio": args.unclip_ratio,
+        "box_type": args.box_type,
+        "limit_side_len": args.limit_side_len,
+    }
     body = client.detect(paths, **params)
     if args.draw:
         for path in draw_boxes(paths, body["results"], Path(args.draw)):
@@ -145,8 +154,13 @@ def cmd_finetune(client: DetBoothClient, args: argparse.Namespace) -> int:
     if not images:
         raise CliError(f"no images (png, jpg, webp, ...) in {folder}")
     config: dict[str, Any] = {"instance_prompt": args.instance_prompt, "class_prompt": args.class_prompt}
-    optional = {"method": args.method, "max_train_steps": args.steps, "resolution": args.resolution,
-                "base_model": args.base_model, "with_prior_preservation": args.prior_preservation}
+    optional = {
+        "method": args.method,
+        "max_train_steps": args.steps,
+        "resolution": args.resolution,
+        "base_model": args.base_model,
+        "with_prior_preservation": args.prior_preservation,
+    }
     config.update({k: v for k, v in optional.items() if v is not None})
     for item in args.set or []:
         key, sep, value = item.partition("=")
@@ -168,9 +182,16 @@ def cmd_finetune(client: DetBoothClient, args: argparse.Namespace) -> int:
 
 
 def cmd_generate(client: DetBoothClient, args: argparse.Namespace) -> int:
-    params = {"model": args.model, "negative_prompt": args.negative_prompt, "guidance_scale": args.guidance,
-              "num_inference_steps": args.steps, "seed": args.seed, "width": args.width, "height": args.height,
-              "num_images": args.num_images}
+    params = {
+        "model": args.model,
+        "negative_prompt": args.negative_prompt,
+        "guidance_scale": args.guidance,
+        "num_inference_steps": args.steps,
+        "seed": args.seed,
+        "width": args.width,
+        "height": args.height,
+        "num_images": args.num_images,
+    }
     job = client.generate(args.prompt, **params)
     print(f"job {job['id']} {job['status']}", file=sys.stderr)
     job = ensure_succeeded(follow(client, job["id"], None))
@@ -234,19 +255,25 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="detbooth", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default=os.environ.get("DETBOOTH_URL", "http://127.0.0.1:8000"),
-                   help="gateway URL (default: $DETBOOTH_URL or http://127.0.0.1:8000)")
-    p.add_argument("--api-key", default=os.environ.get("DETBOOTH_API_KEY"),
-                   help="API key (default: $DETBOOTH_API_KEY)")
+    p = Parser(prog="detbooth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--url",
+        default=os.environ.get("DETBOOTH_URL", "http://127.0.0.1:8000"),
+        help="gateway URL (default: $DETBOOTH_URL or http://127.0.0.1:8000)",
+    )
+    p.add_argument(
+        "--api-key", default=os.environ.get("DETBOOTH_API_KEY"), help="API key (default: $DETBOOTH_API_KEY)"
+    )
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer (default 120)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("detect", help="find text boxes in images")
     d.add_argument("images", nargs="+", metavar="IMG")
-    d.add_argument("--draw", metavar="OUT", help="save each image with its boxes drawn: a folder, "
-                   "or a .png/.jpg file for one image")
+    d.add_argument(
+        "--draw",
+        metavar="OUT",
+        help="save each image with its boxes drawn: a folder, or a .png/.jpg file for one image",
+    )
     d.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
     d.add_argument("--thresh", type=float, help="binarisation threshold of the probability map")
     d.add_argument("--box-thresh", type=float, help="minimum mean score of a box")
@@ -257,14 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("finetune", help="start a DreamBooth fine-tune on 3–20 images of a subject")
     f.add_argument("--images", required=True, metavar="DIR", help="folder with 3–20 images of the subject")
-    f.add_argument("--instance-prompt", required=True, help='with a rare identifier, e.g. "a photo of sks dog"')
+    f.add_argument(
+        "--instance-prompt", required=True, help='with a rare identifier, e.g. "a photo of sks dog"'
+    )
     f.add_argument("--class-prompt", required=True, help='e.g. "a photo of a dog"')
     f.add_argument("--method", choices=["lora", "full"])
     f.add_argument("--steps", type=int, help="training steps (max_train_steps)")
     f.add_argument("--resolution", type=int)
     f.add_argument("--base-model", help="base model (default: the service's)")
-    f.add_argument("--prior-preservation", action=argparse.BooleanOptionalAction, default=None,
-                   help="class-prior preservation loss")
+    f.add_argument(
+        "--prior-preservation",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="class-prior preservation loss",
+    )
     f.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other config field (JSON value)")
     f.add_argument("--idempotency-key", help="a retried command with the same key returns the same job")
     f.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")

@@ -64,7 +64,9 @@ class ApiError(Exception):
     def __str__(self) -> str:
         if self.status == 0:
             return f"{self.title}: {self.detail}"
-        return f"{self.title} ({self.status}): {self.detail}" if self.detail else f"{self.title} ({self.status})"
+        return (
+            f"{self.title} ({self.status}): {self.detail}" if self.detail else f"{self.title} ({self.status})"
+        )
 
 
 def _raise_for_problem(r: httpx.Response) -> None:
@@ -95,12 +97,22 @@ def _image_part(item: str | Path | bytes, i: int) -> tuple[str, tuple[str, bytes
 class DetBoothClient:
     """`DetBoothClient("http://127.0.0.1:8000", api_key)`; every method raises `ApiError` on failure."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, timeout: float = 120.0,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float = 120.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, transport=transport,
-                                  timeout=httpx.Timeout(timeout, connect=10.0))
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -123,22 +135,29 @@ class DetBoothClient:
 
     # detection
     def detect(self, images: Sequence[str | Path | bytes], **params: Any) -> DetectResponse:
-        """Text boxes of each image. `params`: thresh, box_thresh, unclip_ratio, limit_side_len, box_type..."""
+        """Text boxes of each image. `params`: thresh, box_thresh, unclip_ratio, limit_side_len, box_type."""
         files = [_image_part(item, i) for i, item in enumerate(images)]
         data = {k: str(v) for k, v in params.items() if v is not None}
         return self._request("POST", "/detect", files=files, data=data).json()
 
     # jobs
-    def finetune(self, images: Sequence[str | Path | bytes], config: dict[str, Any], *,
-                 idempotency_key: str | None = None) -> Job:
+    def finetune(
+        self,
+        images: Sequence[str | Path | bytes],
+        config: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> Job:
         files = [_image_part(item, i) for i, item in enumerate(images)]
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._request("POST", "/finetune", files=files, data={"config": json.dumps(config)},
-                             headers=headers).json()
+        return self._request(
+            "POST", "/finetune", files=files, data={"config": json.dumps(config)}, headers=headers
+        ).json()
 
-    def generate(self, prompt: str, *, wait_s: float | None = None, idempotency_key: str | None = None,
-                 **params: Any) -> Job:
-        """Queue a generation; with `wait_s` the gateway holds the answer until the job ends (or the time is up)."""
+    def generate(
+        self, prompt: str, *, wait_s: float | None = None, idempotency_key: str | None = None, **params: Any
+    ) -> Job:
+        """Queue a generation; with `wait_s` the gateway holds the answer until the job ends or time is up."""
         body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
         headers = {}
         if wait_s is not None:
@@ -152,8 +171,14 @@ class DetBoothClient:
     def job(self, job_id: str) -> Job:
         return self._request("GET", f"/jobs/{job_id}").json()
 
-    def jobs(self, *, limit: int = 20, cursor: str | None = None, type: str | None = None) -> tuple[list[Job], str | None]:
-        params = {"limit": limit, **({"cursor": cursor} if cursor else {}), **({"type": type} if type else {})}
+    def jobs(
+        self, *, limit: int = 20, cursor: str | None = None, type: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        params = {
+            "limit": limit,
+            **({"cursor": cursor} if cursor else {}),
+            **({"type": type} if type else {}),
+        }
         body = self._request("GET", "/jobs", params=params).json()
         return body["jobs"], body.get("next_cursor")
 
@@ -166,8 +191,12 @@ class DetBoothClient:
         while True:
             headers = {"Last-Event-ID": last} if last else {}
             try:
-                with self._http.stream("GET", f"/jobs/{job_id}/events", headers=headers,
-                                       timeout=httpx.Timeout(60.0, connect=10.0)) as r:
+                with self._http.stream(
+                    "GET",
+                    f"/jobs/{job_id}/events",
+                    headers=headers,
+                    timeout=httpx.Timeout(60.0, connect=10.0),
+                ) as r:
                     if not r.is_success:
                         r.read()
                         _raise_for_problem(r)

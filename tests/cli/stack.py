@@ -1,7 +1,6 @@
 """The real stack for the console and CLI tests: Redis, the gateway, a Celery worker, and the detection
 service when it exists in this checkout."""
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,17 +27,25 @@ class Stack:
 def start_detection(env: dict[str, str], log_dir: Path) -> tuple[Proc, str]:
     """The detection service offline (the PyPI-shipped fallback model), small buckets, two threads."""
     port = free_port()
-    env = {**env, "DETBOOTH_DETECTION_PORT": str(port), "DETBOOTH_DETECTION_HOST": "127.0.0.1",
-           "DETBOOTH_DETECTION_PADDLEX_CACHE_DIR": str(log_dir / "no-paddlex-cache"),
-           "DETBOOTH_DETECTION_ALLOW_DOWNLOAD": "false", "DETBOOTH_DETECTION_BUCKET_SIDES": "[320, 480, 640]",
-           "DETBOOTH_DETECTION_CPU_THREADS": "2", "DETBOOTH_DETECTION_MAX_QUEUE_DELAY_MS": "5"}
+    env = {
+        **env,
+        "DETBOOTH_DETECTION_PORT": str(port),
+        "DETBOOTH_DETECTION_HOST": "127.0.0.1",
+        "DETBOOTH_DETECTION_PADDLEX_CACHE_DIR": str(log_dir / "no-paddlex-cache"),
+        "DETBOOTH_DETECTION_ALLOW_DOWNLOAD": "false",
+        "DETBOOTH_DETECTION_BUCKET_SIDES": "[320, 480, 640]",
+        "DETBOOTH_DETECTION_CPU_THREADS": "2",
+        "DETBOOTH_DETECTION_MAX_QUEUE_DELAY_MS": "5",
+    }
     proc = Proc("detection", python_cmd("-m", "services.detection"), env, log_dir)
     url = f"http://127.0.0.1:{port}"
     proc.wait_http(f"{url}/readyz", timeout=180)
     return proc, url
 
 
-def start_stack(redis_url: str, data_dir: Path, log_dir: Path, *, detection: bool = True, **extra: str) -> Stack:
+def start_stack(
+    redis_url: str, data_dir: Path, log_dir: Path, *, detection: bool = True, **extra: str
+) -> Stack:
     """Gateway + worker (+ detection service when present and asked for) on free loopback ports."""
     env = base_env(redis_url, data_dir, DETBOOTH_RATE_LIMIT_PER_MINUTE="10000", **extra)
     stack = Stack(url="", env=env)
@@ -80,9 +87,3 @@ def subject_images(folder: Path, n: int = 3, size: int = 96) -> Path:
         ImageDraw.Draw(img).ellipse((16, 16, size - 16, size - 16), fill=(230, 180, 40))
         img.save(folder / f"subject{i}.png")
     return folder
-
-
-def png_bytes(size=(96, 96), color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()

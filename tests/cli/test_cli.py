@@ -11,11 +11,10 @@ import pytest
 import redis
 from PIL import Image
 
+from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
 from services.jobs.schema import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
-
-from detbooth_client.cli import main
 from tests.cli.stack import HAS_DETECTION, subject_images, text_image
 from tests.procs import ROOT
 
@@ -55,12 +54,24 @@ def test_unreachable_gateway_is_one_line(run):
 
 def test_url_and_key_from_environment_via_entry_point(stack):
     env = {**os.environ, "DETBOOTH_URL": stack.url, "DETBOOTH_API_KEY": "key-bob"}
-    r = subprocess.run([sys.executable, "-m", "detbooth_client", "models"], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "detbooth_client", "models"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("base\tbase\t")
-    r = subprocess.run([sys.executable, "-m", "detbooth_client", "jobs", "list"], env={**env, "DETBOOTH_API_KEY": ""},
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "detbooth_client", "jobs", "list"],
+        env={**env, "DETBOOTH_API_KEY": ""},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "401" in r.stderr
 
 
@@ -69,23 +80,46 @@ def test_usage_errors_exit_2(run, capsys):
         main(["generate"])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err == "detbooth generate: error: the following arguments are required: prompt (see detbooth generate --help)\n"
-    code, _, err = run("finetune", "--images", "/nonexistent", "--instance-prompt", "a", "--class-prompt", "b")
+    usage = "the following arguments are required: prompt (see detbooth generate --help)"
+    assert err == f"detbooth generate: error: {usage}\n"
+    code, _, err = run(
+        "finetune", "--images", "/nonexistent", "--instance-prompt", "a", "--class-prompt", "b"
+    )
     assert "not a folder" in one_line_error(code, err)
 
 
 def test_finetune_too_few_images_is_the_gateways_message(run, tmp_path):
     folder = subject_images(tmp_path / "two", n=2)
-    code, _, err = run("finetune", "--images", str(folder), "--instance-prompt", "a photo of sks dog",
-                       "--class-prompt", "a photo of a dog")
+    code, _, err = run(
+        "finetune",
+        "--images",
+        str(folder),
+        "--instance-prompt",
+        "a photo of sks dog",
+        "--class-prompt",
+        "a photo of a dog",
+    )
     assert "Wrong number of images (422): send 3–20 images" in one_line_error(code, err)
 
 
 def test_finetune_then_jobs_list_show_cancel(run, tmp_path):
     folder = subject_images(tmp_path / "dog")
-    code, out, err = run("finetune", "--images", str(folder), "--instance-prompt", "a photo of sks dog",
-                         "--class-prompt", "a photo of a dog", "--method", "lora", "--steps", "500",
-                         "--resolution", "64", "--no-prior-preservation")
+    code, out, err = run(
+        "finetune",
+        "--images",
+        str(folder),
+        "--instance-prompt",
+        "a photo of sks dog",
+        "--class-prompt",
+        "a photo of a dog",
+        "--method",
+        "lora",
+        "--steps",
+        "500",
+        "--resolution",
+        "64",
+        "--no-prior-preservation",
+    )
     assert code == 0, err
     job_id = out.strip()
     assert f"job {job_id} queued (3 images)" in err
@@ -108,8 +142,20 @@ def test_finetune_then_jobs_list_show_cancel(run, tmp_path):
 @pytest.mark.skipif(TRAINING, reason="fine-tuning is implemented: the happy path is tested instead")
 def test_finetune_watch_reports_the_jobs_failure(run, tmp_path):
     folder = subject_images(tmp_path / "cat")
-    code, out, err = run("finetune", "--images", str(folder), "--instance-prompt", "a photo of sks cat",
-                         "--class-prompt", "a photo of a cat", "--steps", "2", "--resolution", "64", "--watch")
+    code, out, err = run(
+        "finetune",
+        "--images",
+        str(folder),
+        "--instance-prompt",
+        "a photo of sks cat",
+        "--class-prompt",
+        "a photo of a cat",
+        "--steps",
+        "2",
+        "--resolution",
+        "64",
+        "--watch",
+    )
     assert code == 1
     assert "failed: not_implemented: fine-tuning is not implemented yet" in err.strip().splitlines()[-1]
 
@@ -127,8 +173,24 @@ def test_generate_reports_the_jobs_failure(run, tmp_path):
 
 @pytest.mark.skipif(not GENERATION, reason="generation is not implemented in this checkout")
 def test_generate_saves_images_with_their_seeds(run, tmp_path):
-    code, out, err = run("generate", "a photo of sks dog", "--steps", "2", "--width", "64", "--height", "64",
-                         "--seed", "42", "-n", "2", "--guidance", "5", "-o", str(tmp_path / "out"))
+    code, out, err = run(
+        "generate",
+        "a photo of sks dog",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--seed",
+        "42",
+        "-n",
+        "2",
+        "--guidance",
+        "5",
+        "-o",
+        str(tmp_path / "out"),
+    )
     assert code == 0, err
     rows = [line.split("\t") for line in out.strip().splitlines()]
     assert len(rows) == 2 and rows[0][1] == "seed 42"
@@ -163,7 +225,9 @@ def test_detect_prints_boxes_draws_them_and_json(run, tmp_path):
 
 def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     """This test plays the worker through the job store, so the progress events are known."""
-    store = JobStore(redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"])
+    store = JobStore(
+        redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
+    )
     job, _ = store.create(JobType.finetune, owner_of(hash_key("key-alice")), {"config": {}})  # never queued
     store.transition(job.id, JobStatus.running, expected={JobStatus.queued})
 
@@ -171,8 +235,12 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
         for step in range(1, 5):
             store.report_progress(job.id, Progress(step=step, total=4, eta_s=4 - step), {"loss": 1.0 / step})
             time.sleep(0.05)
-        store.transition(job.id, JobStatus.succeeded, expected={JobStatus.running},
-                         result={"model": {"key": f"jobs/{job.id}/model/lora.safetensors"}})
+        store.transition(
+            job.id,
+            JobStatus.succeeded,
+            expected={JobStatus.running},
+            result={"model": {"key": f"jobs/{job.id}/model/lora.safetensors"}},
+        )
 
     thread = threading.Thread(target=worker)
     thread.start()

@@ -11,7 +11,6 @@ import redis
 from gateway.auth import hash_key, owner_of
 from services.jobs.schema import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
-
 from tests.cli.stack import HAS_DETECTION, subject_images, text_image
 from tests.procs import ROOT
 from tests.ui.conftest import login, shot
@@ -73,8 +72,13 @@ def test_detect_shows_the_gateways_error(page, stack, tmp_path):
 @pytest.mark.skipif(not HAS_DETECTION, reason="no detection service in this checkout")
 def test_detect_draws_boxes_updates_on_threshold_change_and_downloads_json(page, stack, tmp_path):
     login(page, stack, tab="detect")
-    page.set_input_files("#detect-files", [str(text_image(tmp_path / "page.png")),
-                                           str(text_image(tmp_path / "sign.png", lines=("OPEN 24 HOURS",)))])
+    page.set_input_files(
+        "#detect-files",
+        [
+            str(text_image(tmp_path / "page.png")),
+            str(text_image(tmp_path / "sign.png", lines=("OPEN 24 HOURS",))),
+        ],
+    )
     page.wait_for_selector(".det-card >> nth=1")
     counts = [int(c) for c in page.eval_on_selector_all(".det-canvas", "cs => cs.map(c => c.dataset.boxes)")]
     assert len(counts) == 2 and all(n > 0 for n in counts), counts
@@ -82,18 +86,25 @@ def test_detect_draws_boxes_updates_on_threshold_change_and_downloads_json(page,
     shot(page, "detect-boxes")
 
     with page.expect_response(lambda r: r.url.endswith("/detect") and r.request.method == "POST") as resp:
-        page.eval_on_selector("#det-box-thresh", "e => { e.value = '0.95'; e.dispatchEvent(new Event('change')); }")
+        page.eval_on_selector(
+            "#det-box-thresh", "e => { e.value = '0.95'; e.dispatchEvent(new Event('change')); }"
+        )
     assert resp.value.ok
     page.wait_for_selector("#detect-status:has-text(' ms')")
     after = [int(c) for c in page.eval_on_selector_all(".det-canvas", "cs => cs.map(c => c.dataset.boxes)")]
-    assert all(a <= b for a, b in zip(after, counts)), (after, counts)  # a stricter box threshold: fewer boxes
+    assert all(a <= b for a, b in zip(after, counts)), (
+        after,
+        counts,
+    )  # a stricter box threshold: fewer boxes
 
     with page.expect_download() as dl:
         page.click("#detect-download")
     body = json.loads(open(dl.value.path()).read())
     assert body["params"]["box_thresh"] == "0.95" and len(body["results"]) == 2 and body["model"]
 
-    page.set_input_files("#detect-files", {"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"})
+    page.set_input_files(
+        "#detect-files", {"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"}
+    )
     page.wait_for_selector("#detect-error:not([hidden])")
     assert page.inner_text("#detect-error")
     shot(page, "detect-bad-file")
@@ -123,7 +134,9 @@ def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path
         assert page.eval_on_selector("#ft-progress", "p => p.value === p.max && p.max > 0")
     else:
         page.wait_for_selector("#ft-error:not([hidden])")
-        assert "Fine-tune failed: not_implemented: fine-tuning is not implemented yet" in page.inner_text("#ft-error")
+        assert "Fine-tune failed: not_implemented: fine-tuning is not implemented yet" in page.inner_text(
+            "#ft-error"
+        )
     assert page.is_hidden("#ft-cancel")
     shot(page, "finetune-finished")
     assert real_errors(page) == []
@@ -131,16 +144,27 @@ def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path
 
 def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
     """This test plays the worker through the job store, so progress arrives step by step at its own pace."""
-    store = JobStore(redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"])
-    config = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog", "max_train_steps": 10}
-    job, _ = store.create(JobType.finetune, owner_of(hash_key("key-alice")), {"config": config})  # never queued
+    store = JobStore(
+        redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
+    )
+    config = {
+        "instance_prompt": "a photo of sks dog",
+        "class_prompt": "a photo of a dog",
+        "max_train_steps": 10,
+    }
+    job, _ = store.create(
+        JobType.finetune, owner_of(hash_key("key-alice")), {"config": config}
+    )  # never queued
     store.transition(job.id, JobStatus.running, expected={JobStatus.queued})
     login(page, stack, tab="jobs")
     page.click(f"tr[data-job='{job.id}'] a.watch")
     page.wait_for_selector("#ft-state.running")
     for step in range(1, 7):
-        store.report_progress(job.id, Progress(step=step, total=10, eta_s=2.0 * (10 - step)),
-                              {"loss": 0.5 / step + 0.05, "it_s": 3.0})
+        store.report_progress(
+            job.id,
+            Progress(step=step, total=10, eta_s=2.0 * (10 - step)),
+            {"loss": 0.5 / step + 0.05, "it_s": 3.0},
+        )
     page.wait_for_selector("#ft-progress-text:has-text('step 6 / 10 · loss 0.1333 · eta 8 s')")
     assert page.eval_on_selector("#ft-progress", "p => [p.value, p.max]") == [6, 10]
     assert page.evaluate("ft.losses.length") == 6
@@ -149,7 +173,9 @@ def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
     page.click("#ft-cancel")
     page.wait_for_selector("#ft-progress-text:has-text('cancel requested')")
     assert store.get(job.id).cancel_requested
-    store.transition(job.id, JobStatus.canceled, expected={JobStatus.running})  # the worker stops at its next step
+    store.transition(
+        job.id, JobStatus.canceled, expected={JobStatus.running}
+    )  # the worker stops at its next step
     page.wait_for_selector("#ft-state.canceled")
     assert page.is_hidden("#ft-cancel") and page.is_hidden("#ft-error")
     assert real_errors(page) == []
@@ -161,7 +187,9 @@ def test_generate_shows_errors_and_results(page, stack):
     page.fill("#gen-prompt", "   ")  # passes the form's `required`, not the gateway's validation
     page.click("#gen-submit")
     page.wait_for_selector("#gen-error:not([hidden])")
-    assert "Invalid request (422): body.prompt: String should have at least 1 character" in page.inner_text("#gen-error")
+    assert "Invalid request (422): body.prompt: String should have at least 1 character" in page.inner_text(
+        "#gen-error"
+    )
     shot(page, "generate-invalid")
 
     page.fill("#gen-prompt", "a photo of sks dog on the moon")
@@ -188,8 +216,11 @@ def test_generate_shows_errors_and_results(page, stack):
 
 
 def test_jobs_lists_own_jobs_with_status_details_and_cancel(page, stack):
-    r = httpx.post(f"{stack.url}/generate", headers=ALICE, json={"prompt": "jobs tab", "num_inference_steps": 1,
-                                                                "width": 64, "height": 64})
+    r = httpx.post(
+        f"{stack.url}/generate",
+        headers=ALICE,
+        json={"prompt": "jobs tab", "num_inference_steps": 1, "width": 64, "height": 64},
+    )
     job_id = r.json()["id"]
     login(page, stack, tab="jobs")
     row = f"tr[data-job='{job_id}']"
