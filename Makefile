@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml Makefile
 $(CHROMIUM):
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  ($$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium) || true; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium; \
 	fi
-	@[ -x /usr/bin/chromium ] || echo "warning: /usr/bin/chromium missing: the browser tests (tests/ui) will be skipped" >&2
+	@[ -x /usr/bin/chromium ] || { echo "error: /usr/bin/chromium is missing: install Debian's chromium package" >&2; exit 1; }
 	@mkdir -p $(VENV) && touch $@
 
 install: $(STAMP) $(CHROMIUM)

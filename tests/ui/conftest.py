@@ -25,7 +25,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="session")
 def browser():
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"{CHROMIUM} is missing (make install adds Debian's chromium package)")
+        pytest.fail(f"{CHROMIUM} is missing (make install adds Debian's chromium package)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
