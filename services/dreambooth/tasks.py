@@ -28,7 +28,9 @@ def _finetune_body(job: Job) -> dict:
 
 
 def _generate_body(job: Job) -> dict:
-    raise NotImplementedError("generation is not implemented yet")
+    from services.dreambooth.generate import worker_for  # torch loads in the worker only
+
+    return worker_for(settings, job_store()).run(job)
 
 
 @app.task(name=FINETUNE_TASK)

@@ -19,3 +19,56 @@ def tiny_sd_data_dir(tmp_path_factory) -> Path:
 def tiny_sd(tiny_sd_data_dir) -> Path:
     """The tiny random Stable Diffusion pipeline as a diffusers folder (read-only: copy it to change it)."""
     return tiny_sd_data_dir / "models" / "tiny-sd"
+
+
+# generation: loaded tiny models and fine-tunes made from it --------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_sd):
+    """The tiny base model loaded on CPU in float32 (shared: do not modify its weights)."""
+    import torch
+
+    from services.dreambooth.model_loading import load_pipeline_folder
+
+    return load_pipeline_folder("base", tiny_sd, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def full_finetune_dir(tiny_sd, tmp_path_factory) -> Path:
+    """A 'full' fine-tune export: the tiny pipeline with its UNet weights perturbed."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    out = tmp_path_factory.mktemp("finetunes") / "full"
+    shutil.copytree(tiny_sd, out)
+    unet = UNet2DConditionModel.from_pretrained(out / "unet")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    unet.save_pretrained(out / "unet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def lora_file(tiny_sd, tmp_path_factory) -> Path:
+    """A LoRA adapter for the tiny UNet with random non-zero weights, saved the way diffusers loads it."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(2)
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd / "unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    out = tmp_path_factory.mktemp("finetunes") / "lora"
+    StableDiffusionPipeline.save_lora_weights(
+        out, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        weight_name="pytorch_lora_weights.safetensors",
+    )
+    return out / "pytorch_lora_weights.safetensors"
