@@ -26,7 +26,8 @@ class DreamboothSettings(BaseSettings):
         description="weights dtype for generation; auto = float16 on CUDA, float32 on CPU",
     )
     gen_batch_same_shape: bool = Field(
-        default=False,
-        description="drain queued generate jobs with the same model, size, steps, scheduler and guidance into "
-        "one pipeline call (measured faster on GPUs, not on CPU: see bench/gen_bench.py)",
+        default=True,
+        description="run queued generate jobs with the same model, size, steps, scheduler and guidance in one "
+        "pipeline call (measured faster, see bench/gen_bench.py)",
     )
+    gen_max_batch_images: int = Field(default=8, ge=1, le=64, description="images per batched pipeline call")

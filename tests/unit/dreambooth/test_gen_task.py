@@ -115,3 +115,58 @@ def test_cancel_during_sampling(env, monkeypatch):
     done = store.get(job.id)
     assert done.status == JobStatus.canceled and done.progress.step == 1
     assert artifacts.list(f"jobs/{job.id}") == []
+
+
+def _pixels(artifacts, job):
+    return [Image.open(io.BytesIO(artifacts.read_bytes(im["key"]))) for im in job.result["images"]]
+
+
+def test_queued_jobs_of_the_same_shape_share_one_pipeline_call(env):
+    import numpy as np
+
+    from services.jobs.celery_app import make_celery
+    from services.jobs.tasks import GENERATE_TASK
+
+    store, artifacts = env
+    same = [store.create(JobType.generate, "owner-1",
+                         {"params": {**PARAMS, "seed": 100 + i, "prompt": f"a photo of sks dog {i}"}})[0]
+            for i in range(3)]
+    other_shape, _ = store.create(JobType.generate, "owner-1", {"params": {**PARAMS, "width": 72}})
+    app = make_celery(tasks.settings)
+    try:
+        for job in [*same, other_shape]:
+            app.send_task(GENERATE_TASK, args=[job.id])  # real messages in the Redis queue
+    finally:
+        app.close()
+    tasks.generate(same[0].id)
+    done = [store.get(j.id) for j in same]
+    assert [j.status for j in done] == [JobStatus.succeeded] * 3
+    assert [j.result["images"][0]["seed"] for j in done] == [100, 101, 102]
+    assert all(j.result["batch_images"] == 3 for j in done)
+    assert [_pixels(artifacts, j)[0].text["prompt"] for j in done] == [f"a photo of sks dog {i}" for i in range(3)]
+    assert store.get(other_shape.id).status == JobStatus.queued
+    tasks.generate(same[1].id)  # its own message arrives later: nothing changes
+    assert store.get(same[1].id).result == done[1].result
+    alone = _run(store, {**PARAMS, "seed": 101, "prompt": "a photo of sks dog 1"})
+    a, b = (np.asarray(_pixels(artifacts, j)[0]).astype(int) for j in (done[1], alone))
+    assert np.abs(a - b).max() <= 1  # the same image, up to batched rounding
+
+
+@pytest.mark.parametrize("holder_finishes", [True, False])
+def test_a_job_leased_by_another_worker(env, holder_finishes):
+    """Its message reaching this worker waits for the holder's result, or runs it once the lease lapses."""
+    import threading
+
+    from services.dreambooth.gen_batching import BatchClaims
+
+    store, _ = env
+    job, _ = store.create(JobType.generate, "owner-1", {"params": {**PARAMS, "seed": 5}})
+    holder = BatchClaims(store.r, store.prefix, lease_s=2)
+    assert holder.claim(job.id)
+    made_elsewhere = {"images": [{"key": "jobs/x/images/0.png", "seed": 5}], "model": "base"}
+    if holder_finishes:
+        threading.Timer(0.5, holder.publish, args=(job.id, made_elsewhere)).start()
+    tasks.generate(job.id)
+    result = store.get(job.id).result
+    assert (result == made_elsewhere) == holder_finishes
+    assert result["images"][0]["seed"] == 5
