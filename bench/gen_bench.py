@@ -32,7 +32,9 @@ def _sync(device: torch.device) -> None:
 
 def measure(model: LoadedModel, n: int, size: int, steps: int, device: torch.device) -> dict:
     kw = dict(guidance_scale=7.5, num_inference_steps=steps, width=size, height=size, scheduler="dpmsolver++")
-    prompts = [f"a photo of sks dog, variation {i}" for i in range(n)]  # different requests, different prompts
+    prompts = [
+        f"a photo of sks dog, variation {i}" for i in range(n)
+    ]  # different requests, different prompts
     sample(model, prompts[:1], [""], [0], **kw)  # warm-up
     _sync(device)
     t = time.perf_counter()
@@ -44,8 +46,11 @@ def measure(model: LoadedModel, n: int, size: int, steps: int, device: torch.dev
     sample(model, prompts, [""] * n, list(range(n)), **kw)
     _sync(device)
     batched = time.perf_counter() - t
-    return {"sequential_s_per_image": round(sequential / n, 4), "batched_s_per_image": round(batched / n, 4),
-            "ratio_sequential_over_batched": round(sequential / batched, 3)}
+    return {
+        "sequential_s_per_image": round(sequential / n, 4),
+        "batched_s_per_image": round(batched / n, 4),
+        "ratio_sequential_over_batched": round(sequential / batched, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -57,19 +62,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    print(f"gen batching bench: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} "
-          f"({torch.get_num_threads()} threads), {args.n} requests, {args.steps} steps, guidance 7.5", flush=True)
+    print(
+        f"gen batching bench: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} "
+        f"({torch.get_num_threads()} threads), {args.n} requests, {args.steps} steps, guidance 7.5",
+        flush=True,
+    )
     rows = []
     for which in args.models.split(","):
         parts = build_components(device, dtype, tiny=which == "tiny")
         model = LoadedModel(name=which, scheduler_config=SD15_SCHEDULER, **parts)
         size = args.size or (64 if which == "tiny" else 256)
-        row = {"model": which, "size": size, "n": args.n, "steps": args.steps,
-               **measure(model, args.n, size, args.steps, device)}
+        row = {
+            "model": which,
+            "size": size,
+            "n": args.n,
+            "steps": args.steps,
+            **measure(model, args.n, size, args.steps, device),
+        }
         rows.append(row)
-        print(f"  {which:5s} {size}px: one by one {row['sequential_s_per_image']:.3f} s/image, batched "
-              f"{row['batched_s_per_image']:.3f} s/image, ratio {row['ratio_sequential_over_batched']:.2f}",
-              flush=True)
+        print(
+            f"  {which:5s} {size}px: one by one {row['sequential_s_per_image']:.3f} s/image, batched "
+            f"{row['batched_s_per_image']:.3f} s/image, ratio {row['ratio_sequential_over_batched']:.2f}",
+            flush=True,
+        )
     print("GEN_BENCH_JSON " + json.dumps(rows), flush=True)
     return rows
 

@@ -29,9 +29,17 @@ from services.dreambooth.pipeline_cache import LoadedModel  # noqa: E402
 from services.dreambooth.sampling import sample  # noqa: E402
 from services.dreambooth.tiny_sd import build_clip_tokenizer  # noqa: E402
 
-SD15_SCHEDULER = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "skip_prk_steps": True,
-                  "steps_offset": 1, "set_alpha_to_one": False, "prediction_type": "epsilon"}
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "set_alpha_to_one": False,
+    "prediction_type": "epsilon",
+}
 
 
 def build_components(device: torch.device, dtype: torch.dtype, tiny: bool) -> dict:
@@ -41,27 +49,63 @@ def build_components(device: torch.device, dtype: torch.dtype, tiny: bool) -> di
 
     torch.manual_seed(0)
     if tiny:
-        unet_kw = dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-                       down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                       up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8)
-        vae_kw = dict(block_out_channels=(32, 64), layers_per_block=1,
-                      down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-        text_kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                       projection_dim=32)
+        unet_kw = dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=8,
+        )
+        vae_kw = dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+        )
+        text_kw = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            projection_dim=32,
+        )
     else:  # Stable Diffusion 1.5
-        unet_kw = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
-                       down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                       up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=8)
-        vae_kw = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                      down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-        text_kw = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                       projection_dim=768)
+        unet_kw = dict(
+            block_out_channels=(320, 640, 1280, 1280),
+            layers_per_block=2,
+            cross_attention_dim=768,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            attention_head_dim=8,
+        )
+        vae_kw = dict(
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+        text_kw = dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            projection_dim=768,
+        )
     with torch.device(device):
         unet = UNet2DConditionModel(sample_size=64, in_channels=4, out_channels=4, **unet_kw)
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, sample_size=512, **vae_kw)
-        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77,
-                                                    hidden_act="quick_gelu", bos_token_id=49406,
-                                                    eos_token_id=49407, pad_token_id=49407, **text_kw))
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                bos_token_id=49406,
+                eos_token_id=49407,
+                pad_token_id=49407,
+                **text_kw,
+            )
+        )
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = build_clip_tokenizer(Path(tmp))
     parts = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
@@ -88,8 +132,14 @@ def configure(parts: dict, variant: str, device: torch.device, smoke: bool, comp
             torch._inductor.config.conv_1x1_as_mm = True
             torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per batch size
             run_unet = torch.compile(unet, mode=compile_mode)
-    return LoadedModel(name=variant, unet=run_unet, vae=vae, text_encoder=parts["text_encoder"],
-                       tokenizer=parts["tokenizer"], scheduler_config=SD15_SCHEDULER)
+    return LoadedModel(
+        name=variant,
+        unet=run_unet,
+        vae=vae,
+        text_encoder=parts["text_encoder"],
+        tokenizer=parts["tokenizer"],
+        scheduler_config=SD15_SCHEDULER,
+    )
 
 
 def time_per_image(model: LoadedModel, batch: int, args, device: torch.device) -> tuple[float, float]:
@@ -99,9 +149,17 @@ def time_per_image(model: LoadedModel, batch: int, args, device: torch.device) -
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        sample(model, ["a photo of sks dog on the moon"] * batch, [""] * batch, list(range(batch)),
-               guidance_scale=args.guidance, num_inference_steps=args.steps, width=args.size, height=args.size,
-               scheduler=args.scheduler)
+        sample(
+            model,
+            ["a photo of sks dog on the moon"] * batch,
+            [""] * batch,
+            list(range(batch)),
+            guidance_scale=args.guidance,
+            num_inference_steps=args.steps,
+            width=args.size,
+            height=args.size,
+            scheduler=args.scheduler,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t
@@ -113,15 +171,20 @@ def time_per_image(model: LoadedModel, batch: int, args, device: torch.device) -
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny configs, 64 px, 2 steps, float32: checks the script")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny configs, 64 px, 2 steps, float32: checks the script"
+    )
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--batches", default="1,4", help="comma list of batch sizes")
     p.add_argument("--variants", default="eager,sdpa,sdpa+cl,compiled")
     p.add_argument("--scheduler", default="dpmsolver++")
-    p.add_argument("--compile-mode", default="default",
-                   help="torch.compile mode for the 'compiled' variant (max-autotune-no-cudagraphs tunes longer)")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode for the 'compiled' variant (max-autotune-no-cudagraphs tunes longer)",
+    )
     p.add_argument("--repeats", type=int, default=2, help="timed runs after the warm-up; the fastest counts")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,9 +195,12 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"gen check: {name}, torch {torch.__version__}, {'tiny' if args.smoke else 'SD-1.5 size'} random "
-          f"weights, {args.size}x{args.size}, {args.steps} steps, guidance {args.guidance}, {dtype}, "
-          f"scheduler {args.scheduler}", flush=True)
+    print(
+        f"gen check: {name}, torch {torch.__version__}, {'tiny' if args.smoke else 'SD-1.5 size'} random "
+        f"weights, {args.size}x{args.size}, {args.steps} steps, guidance {args.guidance}, {dtype}, "
+        f"scheduler {args.scheduler}",
+        flush=True,
+    )
     t = time.perf_counter()
     parts = build_components(device, dtype, tiny=args.smoke)
     print(f"  built components in {time.perf_counter() - t:.1f} s", flush=True)
@@ -148,9 +214,18 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  {variant:9s} batch {batch}: FAILED {type(e).__name__}: {e}", flush=True)
                 results.append({"variant": variant, "batch": batch, "error": f"{type(e).__name__}: {e}"})
                 continue
-            results.append({"variant": variant, "batch": batch, "s_per_image": round(per_image, 4),
-                            "first_run_s": round(first, 2)})
-            print(f"  {variant:9s} batch {batch}: {per_image:.3f} s/image  (first run {first:.1f} s)", flush=True)
+            results.append(
+                {
+                    "variant": variant,
+                    "batch": batch,
+                    "s_per_image": round(per_image, 4),
+                    "first_run_s": round(first, 2),
+                }
+            )
+            print(
+                f"  {variant:9s} batch {batch}: {per_image:.3f} s/image  (first run {first:.1f} s)",
+                flush=True,
+            )
         if device.type == "cuda":
             torch._dynamo.reset()
     ok = [r for r in results if "s_per_image" in r]
@@ -158,7 +233,13 @@ def main(argv: list[str] | None = None) -> dict:
     for r in ok:
         if r["batch"] in base:
             r["speedup_vs_eager"] = round(base[r["batch"]] / r["s_per_image"], 2)
-    summary = {"device": name, "dtype": str(dtype), "size": args.size, "steps": args.steps, "results": results}
+    summary = {
+        "device": name,
+        "dtype": str(dtype),
+        "size": args.size,
+        "steps": args.steps,
+        "results": results,
+    }
     b1 = [r["s_per_image"] for r in ok if r["batch"] == 1]
     if device.type == "cuda" and not args.smoke and b1:
         best_b1 = min(b1)

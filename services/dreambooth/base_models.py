@@ -90,8 +90,11 @@ def tiny_model(models_dir: Path) -> Path:
         with _file_lock(models_dir / ".tiny-sd.lock"):
             if not is_diffusers_folder(out):
                 build_tiny_sd(out)
-    log.warning("BASE MODEL IS THE TINY RANDOM TEST MODEL (%s): images are noise, not pictures. "
-                "Set DETBOOTH_SD_BASE_MODEL to a real Stable Diffusion model.", out)
+    log.warning(
+        "BASE MODEL IS THE TINY RANDOM TEST MODEL (%s): images are noise, not pictures. "
+        "Set DETBOOTH_SD_BASE_MODEL to a real Stable Diffusion model.",
+        out,
+    )
     return out
 
 
@@ -108,8 +111,8 @@ def convert_single_file(checkpoint: Path, cache_dir: Path, config: str | None = 
         return out
     if config is None and hub_offline():
         raise BaseModelError(
-            f"converting {checkpoint} offline needs its architecture: set DETBOOTH_SD_SINGLE_FILE_CONFIG to a "
-            "local diffusers folder of the same model family (e.g. a Stable Diffusion 1.5 folder)"
+            f"converting {checkpoint} offline needs its architecture: set DETBOOTH_SD_SINGLE_FILE_CONFIG "
+            "to a local diffusers folder of the same model family (e.g. a Stable Diffusion 1.5 folder)"
         )
     with _file_lock(cache_dir / f".{out.name}.lock"):
         if is_diffusers_folder(out):
@@ -121,8 +124,12 @@ def convert_single_file(checkpoint: Path, cache_dir: Path, config: str | None = 
         kwargs = {"config": config} if config else {}
         try:
             pipe = StableDiffusionPipeline.from_single_file(
-                str(checkpoint), torch_dtype=torch.float32, local_files_only=hub_offline(),
-                safety_checker=None, requires_safety_checker=False, **kwargs,
+                str(checkpoint),
+                torch_dtype=torch.float32,
+                local_files_only=hub_offline(),
+                safety_checker=None,
+                requires_safety_checker=False,
+                **kwargs,
             )
         except Exception as e:  # noqa: BLE001 - diffusers raises many kinds here; say what was tried
             raise BaseModelError(f"could not convert {checkpoint} (config={config!r}): {e}") from e
@@ -151,8 +158,12 @@ def hub_model(repo_id: str, hub_dir: Path) -> Path:
             snapshot_download(repo_id, local_dir=out, allow_patterns=_HUB_ALLOW, ignore_patterns=_HUB_IGNORE)
             missing = [c for c in _components(out) if not any((out / c).glob("*.safetensors"))]
             if missing:  # older repos ship .bin weights only
-                snapshot_download(repo_id, local_dir=out, allow_patterns=[f"{c}/*.bin" for c in missing],
-                                  ignore_patterns=_HUB_IGNORE)
+                snapshot_download(
+                    repo_id,
+                    local_dir=out,
+                    allow_patterns=[f"{c}/*.bin" for c in missing],
+                    ignore_patterns=_HUB_IGNORE,
+                )
         except Exception as e:  # noqa: BLE001
             raise BaseModelError(f"could not download {repo_id}: {e}") from e
     if not is_diffusers_folder(out):

@@ -3,7 +3,8 @@
 A worker that batches claims each job it takes (`<prefix>:gen:claim:<job id>`, a short lease it renews every
 step) and moves it to `running`. The job's own Celery message stays in the broker, so nothing is lost if that
 worker dies: when the message reaches a worker, that worker waits while a live lease exists and returns the
-result the holder published (`<prefix>:gen:result:<job id>`), or runs the job itself once the lease has lapsed.
+result the holder published (`<prefix>:gen:result:<job id>`), or runs the job itself once the lease
+has lapsed.
 """
 
 import base64
@@ -54,7 +55,7 @@ class BatchClaims:
         self.release(job_id)
 
     def wait_for_holder(self, job_id: str, poll_s: float = 0.5) -> dict[str, Any] | None:
-        """The result another worker made for this job (waiting while its lease is live); None: run it here."""
+        """The result another worker made for this job (waiting while its lease lives); None: run it here."""
         while True:
             raw = self.r.get(self._result_key(job_id))
             if raw is not None:

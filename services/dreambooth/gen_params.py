@@ -37,20 +37,31 @@ class GenerateParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=2000,
-                        description="what to draw; use the identifier a fine-tune learned, e.g. 'a photo of sks dog'")
+    prompt: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="what to draw; use the identifier a fine-tune learned, e.g. 'a photo of sks dog'",
+    )
     negative_prompt: str = Field(default="", max_length=2000, description="what to steer away from")
-    guidance_scale: float = Field(default=7.5, ge=0, le=30,
-                                  description="classifier-free guidance; ≤ 1 runs the conditional branch only")
+    guidance_scale: float = Field(
+        default=7.5, ge=0, le=30, description="classifier-free guidance; ≤ 1 runs the conditional branch only"
+    )
     num_inference_steps: int = Field(default=30, ge=1, le=150)
     width: int = Field(default=512, description="pixels, a multiple of 8")
     height: int = Field(default=512, description="pixels, a multiple of 8")
     num_images: int = Field(default=1, ge=1, le=8)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED,
-                             description="image i uses seed + i; default: random (each image's seed is returned)")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="image i uses seed + i; default: random (each image's seed is returned)",
+    )
     scheduler: SchedulerName = SchedulerName.dpmsolver_pp
-    model: str = Field(default="base", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
-                       description="'base' or the id of a succeeded fine-tune job")
+    model: str = Field(
+        default="base",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="'base' or the id of a succeeded fine-tune job",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -77,5 +88,5 @@ class GenerateParams(BaseModel):
         return self
 
     def image_seeds(self, base_seed: int) -> list[int]:
-        """Each image's seed: image i uses base_seed + i (wrapping at 2**32), so one image can be redone alone."""
+        """Image i uses base_seed + i (wrapping at 2**32), so any one image can be redone alone."""
         return [(base_seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]

@@ -61,19 +61,26 @@ class GenerationWorker:
         self.device = pick_device(self.settings.device)
         self.dtype = pick_dtype(self.settings.dtype, self.device)
         self.cache = PipelineCache(int(self.settings.pipeline_cache_gb * 1e9))
-        self.claims = BatchClaims(self.store.r, self.store.prefix) if self.settings.gen_batch_same_shape else None
+        self.claims = (
+            BatchClaims(self.store.r, self.store.prefix) if self.settings.gen_batch_same_shape else None
+        )
 
     # models
     def model(self, model_id: str, owner: str) -> LoadedModel:
-        """The loaded model for 'base' or a fine-tune id the owner may use. Raises JobFailed for user errors."""
+        """The loaded model for 'base' or a fine-tune id the owner may use; JobFailed for user errors."""
         if model_id == BASE:
             return self._cached(f"base:{self.settings.sd_base_model}", self.settings.sd_base_model, None)
         try:
             info = self.store.get_model(model_id, owner)
         except JobNotFound:
-            raise JobFailed("unknown_model", f"no fine-tuned model {model_id!r}: use 'base' or the id of a "
-                                             "succeeded fine-tune job (GET /models lists them)") from None
-        return self._cached(f"{info.get('method', 'full')}:{model_id}", info.get("base_model"), (model_id, info))
+            raise JobFailed(
+                "unknown_model",
+                f"no fine-tuned model {model_id!r}: use 'base' or the id of a "
+                "succeeded fine-tune job (GET /models lists them)",
+            ) from None
+        return self._cached(
+            f"{info.get('method', 'full')}:{model_id}", info.get("base_model"), (model_id, info)
+        )
 
     def _cached(self, key: str, base_spec: str | None, finetune: tuple[str, dict] | None) -> LoadedModel:
         try:
@@ -81,15 +88,28 @@ class GenerationWorker:
         except BaseModelError as e:
             raise JobFailed("model_unavailable", str(e)) from e
         if finetune is None:
-            return self.cache.get(key, lambda: load_pipeline_folder(BASE, base, self.device, self.dtype),
-                                  estimate_bytes=folder_bytes(base))
+            return self.cache.get(
+                key,
+                lambda: load_pipeline_folder(BASE, base, *self._placement),
+                estimate_bytes=folder_bytes(base),
+            )
         model_id, info = finetune
         local = self._local_artifact(info["path"], model_id)
         if info.get("method") == "lora":
-            return self.cache.get(key, lambda: load_lora_model(model_id, base, local, self.device, self.dtype),
-                                  estimate_bytes=folder_bytes(base))
-        return self.cache.get(key, lambda: load_pipeline_folder(model_id, local, self.device, self.dtype),
-                              estimate_bytes=folder_bytes(local))
+            return self.cache.get(
+                key,
+                lambda: load_lora_model(model_id, base, local, *self._placement),
+                estimate_bytes=folder_bytes(base),
+            )
+        return self.cache.get(
+            key,
+            lambda: load_pipeline_folder(model_id, local, *self._placement),
+            estimate_bytes=folder_bytes(local),
+        )
+
+    @property
+    def _placement(self) -> tuple:
+        return self.device, self.dtype, self.settings.gen_compile
 
     def _local_artifact(self, key: str, model_id: str) -> Path:
         """A local path for a model artifact (a folder or a file), downloading it once from remote stores."""
@@ -166,7 +186,9 @@ class GenerationWorker:
             raise JobCanceled()
         return results[0]
 
-    def _sample(self, model: LoadedModel, batch: list["GenerateRequest"], t_start: float) -> list[Image.Image]:
+    def _sample(
+        self, model: LoadedModel, batch: list["GenerateRequest"], t_start: float
+    ) -> list[Image.Image]:
         p = batch[0].params
         job_ids = [r.job.id for r in batch]
 
@@ -184,9 +206,18 @@ class GenerationWorker:
         prompts = [r.params.prompt for r in batch for _ in r.seeds]
         negatives = [r.params.negative_prompt for r in batch for _ in r.seeds]
         seeds = [s for r in batch for s in r.seeds]
-        return sample(model, prompts, negatives, seeds, guidance_scale=p.guidance_scale,
-                      num_inference_steps=p.num_inference_steps, width=p.width, height=p.height,
-                      scheduler=p.scheduler, on_step=on_step)
+        return sample(
+            model,
+            prompts,
+            negatives,
+            seeds,
+            guidance_scale=p.guidance_scale,
+            num_inference_steps=p.num_inference_steps,
+            width=p.width,
+            height=p.height,
+            scheduler=p.scheduler,
+            on_step=on_step,
+        )
 
     # batching of other queued jobs (only with DETBOOTH_GEN_BATCH_SAME_SHAPE)
     def _take_same_shape(self, primary: "GenerateRequest") -> list["GenerateRequest"]:
@@ -203,9 +234,13 @@ class GenerationWorker:
                 other = self._request(job)
             except (JobNotFound, JobFailed):
                 continue
-            if (job.status != JobStatus.queued or job.cancel_requested or len(other.seeds) > room
-                    or other.batch_key != primary.batch_key
-                    or (other.params.model != BASE and job.owner != primary.job.owner)):
+            if (
+                job.status != JobStatus.queued
+                or job.cancel_requested
+                or len(other.seeds) > room
+                or other.batch_key != primary.batch_key
+                or (other.params.model != BASE and job.owner != primary.job.owner)
+            ):
                 continue
             if not self.claims.claim(job_id):
                 continue
@@ -230,7 +265,9 @@ class GenerationWorker:
                 self.claims.release(job_id)
             else:
                 self.claims.publish(job_id, result)
-                self.store.transition(job_id, JobStatus.succeeded, expected={JobStatus.running}, result=result)
+                self.store.transition(
+                    job_id, JobStatus.succeeded, expected={JobStatus.running}, result=result
+                )
         except (TransitionRefused, JobNotFound) as e:
             log.warning("batched job %s could not be finished: %s", job_id, e)
 
@@ -241,19 +278,36 @@ class GenerationWorker:
             pass
         self.claims.release(job_id)
 
-    def _store_images(self, r: "GenerateRequest", model: LoadedModel, images: list[Image.Image],
-                      timings: dict[str, float], batch_images: int) -> dict[str, Any]:
+    def _store_images(
+        self,
+        r: "GenerateRequest",
+        model: LoadedModel,
+        images: list[Image.Image],
+        timings: dict[str, float],
+        batch_images: int,
+    ) -> dict[str, Any]:
         params, out = r.params, []
         for i, (image, seed) in enumerate(zip(images, r.seeds)):
-            text = {"prompt": params.prompt, "negative_prompt": params.negative_prompt, "seed": seed,
-                    "steps": params.num_inference_steps, "guidance_scale": params.guidance_scale,
-                    "scheduler": params.scheduler.value, "model": params.model,
-                    "width": params.width, "height": params.height, "software": "DetBooth"}
+            text = {
+                "prompt": params.prompt,
+                "negative_prompt": params.negative_prompt,
+                "seed": seed,
+                "steps": params.num_inference_steps,
+                "guidance_scale": params.guidance_scale,
+                "scheduler": params.scheduler.value,
+                "model": params.model,
+                "width": params.width,
+                "height": params.height,
+                "software": "DetBooth",
+            }
             key = self.artifacts.write_bytes(f"jobs/{r.job.id}/images/{i}.png", png_bytes(image, text))
             out.append({"key": key, "seed": seed})
         result: dict[str, Any] = {
-            "images": out, "model": params.model, "params": params.model_dump(mode="json"),
-            "timings": timings, "batch_images": batch_images,
+            "images": out,
+            "model": params.model,
+            "params": params.model_dump(mode="json"),
+            "timings": timings,
+            "batch_images": batch_images,
         }
         if model.random_weights:
             result["warning"] = "the base model is the tiny random test model: images are noise"
@@ -283,7 +337,11 @@ def worker_for(job_settings: JobSettings, store: JobStore) -> GenerationWorker:
     """This process's generation worker (its model cache lives as long as the process)."""
     global _worker
     if _worker is None or _worker.store is not store:
-        _worker = GenerationWorker(store=store, artifacts=ArtifactStore(job_settings.artifacts_location),
-                                   data_dir=job_settings.data_dir, settings=DreamboothSettings(),
-                                   queue_key=f"{job_settings.key_prefix}:celery:generate")
+        _worker = GenerationWorker(
+            store=store,
+            artifacts=ArtifactStore(job_settings.artifacts_location),
+            data_dir=job_settings.data_dir,
+            settings=DreamboothSettings(),
+            queue_key=f"{job_settings.key_prefix}:celery:generate",
+        )
     return _worker

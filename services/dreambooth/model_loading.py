@@ -32,30 +32,51 @@ def _pipeline(folder: Path, dtype: torch.dtype):
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline.from_pretrained(
-        str(folder), dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        str(folder),
+        dtype=dtype,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
-def _to_loaded(name: str, pipe, device: torch.device, random_weights: bool) -> LoadedModel:
+def _to_loaded(
+    name: str, pipe, device: torch.device, random_weights: bool, compile_unet: bool
+) -> LoadedModel:
     pipe.to(device)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.eval().requires_grad_(False)
     if device.type == "cuda":  # convolutions run faster in NHWC on tensor cores
         pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
-    return LoadedModel(name=name, unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder,
-                       tokenizer=pipe.tokenizer, scheduler_config=dict(pipe.scheduler.config),
-                       random_weights=random_weights)
+    unet = torch.compile(pipe.unet) if compile_unet and device.type == "cuda" else pipe.unet
+    return LoadedModel(
+        name=name,
+        unet=unet,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler_config=dict(pipe.scheduler.config),
+        random_weights=random_weights,
+    )
 
 
-def load_pipeline_folder(name: str, folder: Path, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def load_pipeline_folder(
+    name: str, folder: Path, device: torch.device, dtype: torch.dtype, compile_unet: bool = False
+) -> LoadedModel:
     """A diffusers folder: the base model or a fully fine-tuned export."""
     log.info("loading %s from %s (%s, %s)", name, folder, device, dtype)
-    return _to_loaded(name, _pipeline(folder, dtype), device, random_weights=is_tiny(folder))
+    return _to_loaded(name, _pipeline(folder, dtype), device, is_tiny(folder), compile_unet)
 
 
-def load_lora_model(name: str, base_folder: Path, lora: Path, device: torch.device,
-                    dtype: torch.dtype) -> LoadedModel:
+def load_lora_model(
+    name: str,
+    base_folder: Path,
+    lora: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    compile_unet: bool = False,
+) -> LoadedModel:
     """The base model with a LoRA adapter fused into its weights (a private copy: the base stays clean)."""
     log.info("loading %s: %s + LoRA %s", name, base_folder, lora)
     pipe = _pipeline(base_folder, dtype)
@@ -65,4 +86,4 @@ def load_lora_model(name: str, base_folder: Path, lora: Path, device: torch.devi
         pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="finetune")
     pipe.fuse_lora(adapter_names=["finetune"])  # no per-step adapter overhead
     pipe.unload_lora_weights()  # drops the adapter modules; the fused weights stay
-    return _to_loaded(name, pipe, device, random_weights=is_tiny(base_folder))
+    return _to_loaded(name, pipe, device, is_tiny(base_folder), compile_unet)

@@ -73,8 +73,11 @@ class PipelineCache:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         if nbytes > self.budget_bytes:
-            log.warning("a model of %.2f GB exceeds the pipeline cache budget of %.2f GB; keeping it alone",
-                        nbytes / 1e9, self.budget_bytes / 1e9)
+            log.warning(
+                "a model of %.2f GB exceeds the pipeline cache budget of %.2f GB; keeping it alone",
+                nbytes / 1e9,
+                self.budget_bytes / 1e9,
+            )
 
     @property
     def used_bytes(self) -> int:

@@ -26,14 +26,27 @@ def uses_guidance(guidance_scale: float) -> bool:
 
 @torch.inference_mode()
 def encode_prompts(model: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
-    """CLIP hidden states for each prompt (77 tokens, longer prompts truncated), encoded once per distinct text."""
+    """CLIP hidden states per prompt (77 tokens, longer ones truncated), encoding each distinct text once."""
     unique = list(dict.fromkeys(prompts))
-    tokens = model.tokenizer(unique, padding="max_length", max_length=model.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")
-    mask = tokens.attention_mask.to(model.device) if getattr(model.text_encoder.config, "use_attention_mask",
-                                                             False) else None
-    embeds = [model.text_encoder(tokens.input_ids[i : i + 1].to(model.device), attention_mask=
-                                 mask[i : i + 1] if mask is not None else None)[0] for i in range(len(unique))]
+    tokens = model.tokenizer(
+        unique,
+        padding="max_length",
+        max_length=model.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    mask = (
+        tokens.attention_mask.to(model.device)
+        if getattr(model.text_encoder.config, "use_attention_mask", False)
+        else None
+    )
+    embeds = [
+        model.text_encoder(
+            tokens.input_ids[i : i + 1].to(model.device),
+            attention_mask=mask[i : i + 1] if mask is not None else None,
+        )[0]
+        for i in range(len(unique))
+    ]
     by_text = dict(zip(unique, embeds))
     return torch.cat([by_text[p] for p in prompts]).to(model.dtype)
 
@@ -49,10 +62,20 @@ def _step_kwargs(scheduler, generators: list[torch.Generator]) -> dict:
 
 
 @torch.inference_mode()
-def sample(model: LoadedModel, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int], *,
-           guidance_scale: float, num_inference_steps: int, width: int, height: int,
-           scheduler: SchedulerName | str, on_step: StepCallback | None = None) -> list[Image.Image]:
-    """One image per (prompt, negative prompt, seed), all in one batch of the same size, steps and guidance."""
+def sample(
+    model: LoadedModel,
+    prompts: Sequence[str],
+    negative_prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    guidance_scale: float,
+    num_inference_steps: int,
+    width: int,
+    height: int,
+    scheduler: SchedulerName | str,
+    on_step: StepCallback | None = None,
+) -> list[Image.Image]:
+    """One image per (prompt, negative prompt, seed), in one batch of shared size, steps and guidance."""
     if not len(prompts) == len(negative_prompts) == len(seeds):
         raise ValueError("prompts, negative_prompts and seeds must have the same length")
     device, dtype = model.device, model.dtype
@@ -88,7 +111,8 @@ def sample(model: LoadedModel, prompts: Sequence[str], negative_prompts: Sequenc
 
 
 def decode(model: LoadedModel, latents: torch.Tensor, generators: list[torch.Generator]) -> list[Image.Image]:
-    images = model.vae.decode(latents / model.vae.config.scaling_factor, return_dict=False,
-                              generator=generators)[0]
+    images = model.vae.decode(
+        latents / model.vae.config.scaling_factor, return_dict=False, generator=generators
+    )[0]
     images = (images / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
     return [Image.fromarray(a) for a in (images * 255).round().astype(np.uint8)]

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from services.dreambooth import base_models
 from services.dreambooth.base_models import BaseModelError, resolve_base_model
 from services.dreambooth.settings import DreamboothSettings
 
@@ -110,13 +109,20 @@ def test_settings_read_the_base_model_from_the_environment(monkeypatch):
 
 # a real single-file checkpoint: the tiny pipeline written in the original (LDM) key layout ---------------
 
+
 def _unet_to_ldm(sd: dict, config: dict) -> dict:
     """diffusers UNet keys -> CompVis `model.diffusion_model.*` keys (SD 1.x layout)."""
     lpb, n = config["layers_per_block"], len(config["block_out_channels"])
-    names = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-             "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
-             "mid_block.resnets.1": "middle_block.2"}
+    names = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+        "mid_block.resnets.0": "middle_block.0",
+        "mid_block.attentions.0": "middle_block.1",
+        "mid_block.resnets.1": "middle_block.2",
+    }
     for i in range(n):
         for j in range(lpb):
             names[f"down_blocks.{i}.resnets.{j}"] = f"input_blocks.{i * (lpb + 1) + j + 1}.0"
@@ -127,12 +133,18 @@ def _unet_to_ldm(sd: dict, config: dict) -> dict:
             names[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{i * (lpb + 1) + j}.0"
             names[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{i * (lpb + 1) + j}.1"
         names[f"up_blocks.{i}.upsamplers.0"] = f"output_blocks.{i * (lpb + 1) + lpb}.{2 if has_attn else 1}"
-    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-              "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+    resnet = {
+        "norm1": "in_layers.0",
+        "conv1": "in_layers.2",
+        "norm2": "out_layers.0",
+        "conv2": "out_layers.3",
+        "time_emb_proj": "emb_layers.1",
+        "conv_shortcut": "skip_connection",
+    }
     out = {}
     for key, value in sd.items():
         prefix = max((p for p in names if key.startswith(p + ".")), key=len)
-        rest = key[len(prefix) + 1:]
+        rest = key[len(prefix) + 1 :]
         if ".resnets." in prefix:
             head, _, tail = rest.partition(".")
             rest = f"{resnet[head]}.{tail}"
@@ -153,15 +165,21 @@ def _vae_to_ldm(sd: dict, config: dict) -> dict:
             names[f"decoder.up_blocks.{i}.resnets.{j}"] = f"decoder.up.{n - 1 - i}.block.{j}"
         names[f"encoder.down_blocks.{i}.downsamplers.0.conv"] = f"encoder.down.{i}.downsample.conv"
         names[f"decoder.up_blocks.{i}.upsamplers.0.conv"] = f"decoder.up.{n - 1 - i}.upsample.conv"
-    inner = {"conv_shortcut": "nin_shortcut", "group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v",
-             "to_out.0": "proj_out"}
+    inner = {
+        "conv_shortcut": "nin_shortcut",
+        "group_norm": "norm",
+        "to_q": "q",
+        "to_k": "k",
+        "to_v": "v",
+        "to_out.0": "proj_out",
+    }
     out = {}
     for key, value in sd.items():
         prefix = max((p for p in names if key.startswith(p + ".")), key=len, default=None)
         if prefix is None:  # conv_in, conv_out, quant_conv, post_quant_conv keep their names
             out[f"first_stage_model.{key}"] = value
             continue
-        rest = key[len(prefix) + 1:]
+        rest = key[len(prefix) + 1 :]
         head, _, tail = rest.rpartition(".")
         if "attentions" in prefix:
             value = value[:, :, None, None] if value.ndim == 2 else value  # linear -> 1x1 conv
@@ -184,7 +202,9 @@ def to_ldm_checkpoint(folder: Path, out: Path) -> Path:
     ckpt |= _vae_to_ldm(weights("vae"), json.loads((folder / "vae/config.json").read_text()))
     for key, value in weights("text_encoder").items():
         ckpt[f"cond_stage_model.transformer.text_model.{key.removeprefix('text_model.')}"] = value
-    n_positions = ckpt["cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"].shape[0]
+    n_positions = ckpt["cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"].shape[
+        0
+    ]
     ckpt["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(n_positions)[None]
     save_file({k: v.contiguous() for k, v in ckpt.items()}, out)
     return out

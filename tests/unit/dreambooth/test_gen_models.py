@@ -13,8 +13,17 @@ CPU = torch.device("cpu")
 
 
 def _image(model, seed=1):
-    im = sample(model, [PROMPT], [""], [seed], guidance_scale=7.5, num_inference_steps=2, width=64, height=64,
-                scheduler="ddim")[0]
+    im = sample(
+        model,
+        [PROMPT],
+        [""],
+        [seed],
+        guidance_scale=7.5,
+        num_inference_steps=2,
+        width=64,
+        height=64,
+        scheduler="ddim",
+    )[0]
     return np.asarray(im).astype(int)
 
 

@@ -12,26 +12,35 @@ def _error_fields(**kw) -> set[str]:
 
 def test_defaults_are_valid():
     p = GenerateParams(prompt="a photo of sks dog")
-    assert (p.width, p.height, p.num_images, p.model, p.scheduler) == (512, 512, 1, "base", SchedulerName.dpmsolver_pp)
+    assert (p.width, p.height, p.num_images, p.model, p.scheduler) == (
+        512,
+        512,
+        1,
+        "base",
+        SchedulerName.dpmsolver_pp,
+    )
 
 
-@pytest.mark.parametrize("kw, field", [
-    ({"guidance_scale": 31}, "guidance_scale"),
-    ({"guidance_scale": -0.5}, "guidance_scale"),
-    ({"num_inference_steps": 0}, "num_inference_steps"),
-    ({"num_inference_steps": 151}, "num_inference_steps"),
-    ({"width": 500}, "width"),
-    ({"height": 4096}, "height"),
-    ({"num_images": 9}, "num_images"),
-    ({"num_images": 0}, "num_images"),
-    ({"seed": -1}, "seed"),
-    ({"seed": 2**32}, "seed"),
-    ({"scheduler": "lms"}, "scheduler"),
-    ({"model": "../etc"}, "model"),
-    ({"prompt": "   "}, "prompt"),
-    ({"prompt": ""}, "prompt"),
-    ({"steps": 10}, "steps"),  # unknown fields are refused, not ignored
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"guidance_scale": 31}, "guidance_scale"),
+        ({"guidance_scale": -0.5}, "guidance_scale"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": 151}, "num_inference_steps"),
+        ({"width": 500}, "width"),
+        ({"height": 4096}, "height"),
+        ({"num_images": 9}, "num_images"),
+        ({"num_images": 0}, "num_images"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"scheduler": "lms"}, "scheduler"),
+        ({"model": "../etc"}, "model"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"steps": 10}, "steps"),  # unknown fields are refused, not ignored
+    ],
+)
 def test_bad_params_name_the_field(kw, field):
     assert field in _error_fields(**kw)
 

@@ -14,20 +14,38 @@ FAST = dict(num_inference_steps=3, width=64, height=64)
 
 def _run(model, seeds, guidance=7.5, scheduler="dpmsolver++", negative="", prompt=PROMPT, **kw):
     opts = {**FAST, **kw}
-    images = sample(model, [prompt] * len(seeds), [negative] * len(seeds), seeds, guidance_scale=guidance,
-                    scheduler=scheduler, **opts)
+    images = sample(
+        model,
+        [prompt] * len(seeds),
+        [negative] * len(seeds),
+        seeds,
+        guidance_scale=guidance,
+        scheduler=scheduler,
+        **opts,
+    )
     return [np.asarray(im) for im in images]
 
 
 def _diffusers(model, seeds, guidance, scheduler, negative=None):
     pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-        scheduler=make_scheduler(scheduler, model.scheduler_config), safety_checker=None, feature_extractor=None,
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=make_scheduler(scheduler, model.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    out = pipe(PROMPT, negative_prompt=negative, num_images_per_prompt=len(seeds), guidance_scale=guidance,
-               generator=[torch.Generator().manual_seed(s) for s in seeds], **FAST)
+    out = pipe(
+        PROMPT,
+        negative_prompt=negative,
+        num_images_per_prompt=len(seeds),
+        guidance_scale=guidance,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        **FAST,
+    )
     return [np.asarray(im) for im in out.images]
 
 

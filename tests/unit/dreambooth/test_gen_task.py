@@ -14,8 +14,14 @@ from services.jobs.schema import JobStatus, JobType
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore
 
-PARAMS = {"prompt": "a photo of sks dog", "num_inference_steps": 2, "width": 64, "height": 64,
-          "guidance_scale": 5.0, "scheduler": "ddim"}
+PARAMS = {
+    "prompt": "a photo of sks dog",
+    "num_inference_steps": 2,
+    "width": 64,
+    "height": 64,
+    "guidance_scale": 5.0,
+    "scheduler": "ddim",
+}
 
 
 @pytest.fixture
@@ -54,8 +60,12 @@ def test_generate_job_writes_pngs_with_metadata(env):
     png = Image.open(io.BytesIO(artifacts.read_bytes(images[1]["key"])))
     assert png.size == (64, 64)
     assert png.text["prompt"] == "a photo of sks dog" and png.text["seed"] == "124"
-    assert (png.text["steps"], png.text["guidance_scale"], png.text["scheduler"], png.text["model"]) == \
-        ("2", "5.0", "ddim", "base")
+    assert (png.text["steps"], png.text["guidance_scale"], png.text["scheduler"], png.text["model"]) == (
+        "2",
+        "5.0",
+        "ddim",
+        "base",
+    )
     assert job.result["model"] == "base" and "tiny random" in job.result["warning"]
     assert job.progress.step == job.progress.total == 2
 
@@ -63,13 +73,17 @@ def test_generate_job_writes_pngs_with_metadata(env):
 def test_same_request_same_pngs_and_random_seed_is_recorded(env):
     store, artifacts = env
     a, b = _run(store, {**PARAMS, "seed": 9}), _run(store, {**PARAMS, "seed": 9})
-    pixels = [Image.open(io.BytesIO(artifacts.read_bytes(j.result["images"][0]["key"]))).tobytes() for j in (a, b)]
+    pixels = [
+        Image.open(io.BytesIO(artifacts.read_bytes(j.result["images"][0]["key"]))).tobytes() for j in (a, b)
+    ]
     assert pixels[0] == pixels[1]
     c = _run(store, PARAMS)  # no seed: one is drawn and returned
     seed = c.result["images"][0]["seed"]
     assert isinstance(seed, int) and c.result["params"]["seed"] == seed
     d = _run(store, {**PARAMS, "seed": seed})
-    again = [Image.open(io.BytesIO(artifacts.read_bytes(j.result["images"][0]["key"]))).tobytes() for j in (c, d)]
+    again = [
+        Image.open(io.BytesIO(artifacts.read_bytes(j.result["images"][0]["key"]))).tobytes() for j in (c, d)
+    ]
     assert again[0] == again[1]
 
 
@@ -77,11 +91,26 @@ def test_finetuned_models_by_id(env, full_finetune_dir, lora_file, tiny_sd):
     store, artifacts = env
     artifacts.upload_dir(full_finetune_dir, "jobs/ft-full/model")
     artifacts.upload_dir(lora_file.parent, "jobs/ft-lora/model")
-    store.register_model("owner-1", "ft-full", {"method": "full", "base_model": str(tiny_sd),
-                                                "path": "jobs/ft-full/model", "instance_prompt": "a photo of sks dog"})
-    store.register_model("owner-1", "ft-lora", {"method": "lora", "base_model": str(tiny_sd),
-                                                "path": f"jobs/ft-lora/model/{lora_file.name}",
-                                                "instance_prompt": "a photo of sks dog"})
+    store.register_model(
+        "owner-1",
+        "ft-full",
+        {
+            "method": "full",
+            "base_model": str(tiny_sd),
+            "path": "jobs/ft-full/model",
+            "instance_prompt": "a photo of sks dog",
+        },
+    )
+    store.register_model(
+        "owner-1",
+        "ft-lora",
+        {
+            "method": "lora",
+            "base_model": str(tiny_sd),
+            "path": f"jobs/ft-lora/model/{lora_file.name}",
+            "instance_prompt": "a photo of sks dog",
+        },
+    )
     pixels = {}
     for model in ("base", "ft-full", "ft-lora"):
         job = _run(store, {**PARAMS, "seed": 1, "model": model})
@@ -96,9 +125,13 @@ def test_finetuned_models_by_id(env, full_finetune_dir, lora_file, tiny_sd):
 def test_unknown_model_and_bad_params_fail_with_a_code(env):
     store, _ = env
     job = _run(store, {**PARAMS, "model": "nope"})
-    assert job.status == JobStatus.failed and job.error.code == "unknown_model" and "nope" in job.error.message
+    assert (
+        job.status == JobStatus.failed and job.error.code == "unknown_model" and "nope" in job.error.message
+    )
     job = _run(store, {**PARAMS, "width": 65})
-    assert job.status == JobStatus.failed and job.error.code == "invalid_params" and "width" in job.error.message
+    assert (
+        job.status == JobStatus.failed and job.error.code == "invalid_params" and "width" in job.error.message
+    )
 
 
 def test_cancel_during_sampling(env, monkeypatch):
@@ -128,9 +161,14 @@ def test_queued_jobs_of_the_same_shape_share_one_pipeline_call(env):
     from services.jobs.tasks import GENERATE_TASK
 
     store, artifacts = env
-    same = [store.create(JobType.generate, "owner-1",
-                         {"params": {**PARAMS, "seed": 100 + i, "prompt": f"a photo of sks dog {i}"}})[0]
-            for i in range(3)]
+    same = [
+        store.create(
+            JobType.generate,
+            "owner-1",
+            {"params": {**PARAMS, "seed": 100 + i, "prompt": f"a photo of sks dog {i}"}},
+        )[0]
+        for i in range(3)
+    ]
     other_shape, _ = store.create(JobType.generate, "owner-1", {"params": {**PARAMS, "width": 72}})
     app = make_celery(tasks.settings)
     try:
@@ -143,7 +181,9 @@ def test_queued_jobs_of_the_same_shape_share_one_pipeline_call(env):
     assert [j.status for j in done] == [JobStatus.succeeded] * 3
     assert [j.result["images"][0]["seed"] for j in done] == [100, 101, 102]
     assert all(j.result["batch_images"] == 3 for j in done)
-    assert [_pixels(artifacts, j)[0].text["prompt"] for j in done] == [f"a photo of sks dog {i}" for i in range(3)]
+    assert [_pixels(artifacts, j)[0].text["prompt"] for j in done] == [
+        f"a photo of sks dog {i}" for i in range(3)
+    ]
     assert store.get(other_shape.id).status == JobStatus.queued
     tasks.generate(same[1].id)  # its own message arrives later: nothing changes
     assert store.get(same[1].id).result == done[1].result
