@@ -72,3 +72,31 @@ def lora_file(tiny_sd, tmp_path_factory) -> Path:
         weight_name="pytorch_lora_weights.safetensors",
     )
     return out / "pytorch_lora_weights.safetensors"
+
+
+# training: small synthetic instance and class images ---------------------------------------------------
+
+
+def _pattern_images(n: int, size: int, seed: int, tint: tuple[int, int, int]):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        base = np.array(tint, dtype=np.float32)[None, None, :]
+        noise = rng.normal(0, 25, (size, size + 8, 3))
+        out.append(Image.fromarray(np.clip(base + noise, 0, 255).astype("uint8")))
+    return out
+
+
+@pytest.fixture(scope="session")
+def instance_images():
+    """Three 64x72 reddish 'subject' photos."""
+    return _pattern_images(3, 64, seed=0, tint=(200, 40, 40))
+
+
+@pytest.fixture(scope="session")
+def class_images():
+    """Four 64x72 bluish 'class' photos."""
+    return _pattern_images(4, 64, seed=1, tint=(40, 60, 200))
