@@ -24,11 +24,19 @@ def job_store():
 
 
 def _finetune_body(job: Job) -> dict:
-    raise NotImplementedError("fine-tuning is not implemented yet")
+    from services.dreambooth.settings import DreamboothSettings
+    from services.dreambooth.train.job import run_finetune_job  # torch loads in the worker only
+    from services.jobs.artifacts import ArtifactStore
+
+    db = DreamboothSettings()
+    return run_finetune_job(job, job_store(), ArtifactStore(settings.artifacts_location), settings.data_dir,
+                            base_model_spec=db.sd_base_model, single_file_config=db.sd_single_file_config)
 
 
 def _generate_body(job: Job) -> dict:
-    raise NotImplementedError("generation is not implemented yet")
+    from services.dreambooth.generate import worker_for  # torch loads in the worker only
+
+    return worker_for(settings, job_store()).run(job)
 
 
 @app.task(name=FINETUNE_TASK)

@@ -1,0 +1,160 @@
+"""The body of the `finetune(job_id)` task: a job record in, a registered model out.
+
+Layout in the artifact store (all under `jobs/<id>/`):
+    inputs/NNN.png      the uploaded instance images (written by the gateway)
+    config.yaml         the resolved config; written once, so a resumed job trains with the same settings
+    checkpoints/        step-NNNNNN.ckpt, the newest `keep_last_checkpoints`
+    logs/               tensorboard/, csv/metrics.csv, validation/step-NNNNNN/*.png
+    model/              the export: a diffusers folder (full) or pytorch_lora_weights.safetensors (lora)
+
+A re-delivered task (worker died) finds config.yaml and the newest checkpoint and resumes from there.
+"""
+
+import logging
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from services.dreambooth.config import MAX_INSTANCE_IMAGES, MIN_INSTANCE_IMAGES, ConfigError, FinetuneConfig
+from services.jobs.artifacts import ArtifactStore
+from services.jobs.lifecycle import JobCanceled, JobFailed
+from services.jobs.schema import Job, Progress
+from services.jobs.store import JobStore, TransitionRefused
+
+log = logging.getLogger(__name__)
+
+
+def job_config(job: Job, artifacts: ArtifactStore) -> FinetuneConfig:
+    """The job's resolved config: the saved one when the job ran before, else the spec's, resolved and saved."""
+    key = f"jobs/{job.id}/config.yaml"
+    if artifacts.exists(key):
+        return FinetuneConfig.from_yaml(artifacts.read_bytes(key).decode())
+    try:
+        config = FinetuneConfig.parse(job.spec.get("config", {}))
+    except ConfigError as e:
+        raise JobFailed("invalid_config", str(e)) from None
+    config = config.resolved(seed=random.SystemRandom().randrange(2**31))
+    artifacts.write_bytes(key, config.to_yaml().encode())
+    return config
+
+
+def load_instance_images(job: Job, artifacts: ArtifactStore, config: FinetuneConfig) -> list:
+    from services.dreambooth.data import BadImage, load_training_image
+
+    keys = list(job.spec.get("inputs", []))
+    if not MIN_INSTANCE_IMAGES <= len(keys) <= MAX_INSTANCE_IMAGES:
+        raise JobFailed("invalid_input", f"a fine-tune needs {MIN_INSTANCE_IMAGES} to {MAX_INSTANCE_IMAGES} "
+                                         f"instance images; got {len(keys)}")
+    images = []
+    for i, key in enumerate(keys):
+        try:
+            with artifacts.open(key) as fh:
+                images.append(load_training_image(fh, min_side=config.resolution // 2, name=f"image {i}"))
+        except FileNotFoundError:
+            raise JobFailed("invalid_input", f"image {i} ({key}) is missing from the artifact store") from None
+        except BadImage as e:
+            raise JobFailed("invalid_input", str(e)) from None
+    return images
+
+
+class _Reporter:
+    def __init__(self, store: JobStore, job_id: str):
+        self.store, self.job_id = store, job_id
+
+    def __call__(self, step: int, total: int, eta_s: float | None, metrics: dict[str, float]) -> None:
+        try:
+            self.store.report_progress(self.job_id, Progress(step=step, total=total, eta_s=eta_s), metrics)
+        except TransitionRefused:
+            pass  # the job left `running` (e.g. expired); the cancel check stops training
+        except Exception:  # progress is best effort: a Redis blip must not kill a long training run
+            log.warning("progress report for job %s failed", self.job_id, exc_info=True)
+
+    def should_cancel(self) -> bool:
+        try:
+            return self.store.cancel_requested(self.job_id)
+        except Exception:
+            log.warning("cancel check for job %s failed", self.job_id, exc_info=True)
+            return False
+
+
+def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_dir: Path,
+                     base_model_spec: str | None = None, single_file_config: str | None = None) -> dict[str, Any]:
+    from services.dreambooth.base_models import BaseModelError, resolve_base_model
+    from services.dreambooth.class_images import ensure_class_images
+    from services.dreambooth.data import load_training_image
+    from services.dreambooth.train.run import RunHooks, train_dreambooth
+
+    config = job_config(job, artifacts)
+    instance_images = load_instance_images(job, artifacts, config)
+    base_spec = config.base_model or base_model_spec or "tiny"
+    try:
+        base = resolve_base_model(base_spec, data_dir, single_file_config)
+    except BaseModelError as e:
+        raise JobFailed("base_model_unavailable", str(e)) from None
+
+    reporter = _Reporter(store, job.id)
+    class_images = []
+    if config.with_prior_preservation:
+        paths = ensure_class_images(
+            base, config.class_prompt, config.resolution, config.num_class_images, data_dir / "class_images",
+            batch_size=config.class_images_batch_size, inference_steps=config.class_images_inference_steps,
+            on_progress=lambda done, total: reporter(0, config.max_train_steps, None,
+                                                     {"class_images_done": done, "class_images_total": total}),
+        )
+        if reporter.should_cancel():
+            raise JobCanceled()
+        class_images = [load_training_image(p, min_side=1) for p in paths]
+
+    prefix = f"jobs/{job.id}"
+    local = artifacts.is_local
+    workdir = artifacts.local_path(prefix) if local else Path(tempfile.mkdtemp(prefix=f"finetune-{job.id}-"))
+    try:
+        if not local and artifacts.exists(f"{prefix}/checkpoints"):
+            artifacts.download_dir(f"{prefix}/checkpoints", workdir / "checkpoints")
+        result = train_dreambooth(config, base, instance_images, workdir, class_images=class_images,
+                                  hooks=RunHooks(on_progress=reporter, should_cancel=reporter.should_cancel))
+        if not local:
+            for part in ("checkpoints", "logs", "model"):
+                if (workdir / part).exists():
+                    artifacts.upload_dir(workdir / part, f"{prefix}/{part}")
+    finally:
+        if not local:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if result.canceled:
+        raise JobCanceled()
+
+    model_key = f"{prefix}/model" + ("/" + result.model_path.name if config.method == "lora" else "")
+    info = {
+        "method": config.method,
+        "format": "lora_safetensors" if config.method == "lora" else "diffusers",
+        "base_model": base_spec,
+        "instance_prompt": config.instance_prompt,
+        "class_prompt": config.class_prompt,
+        "resolution": config.resolution,
+        "path": model_key,
+        "job_id": job.id,
+        "train_text_encoder": config.train_text_encoder,
+        "steps": result.global_step,
+    }
+    if config.method == "lora":
+        info["lora"] = {"rank": config.lora.rank, "alpha": config.lora.scale_alpha}
+    store.register_model(job.owner, job.id, info)
+    return {
+        "model_id": job.id,
+        "model": model_key,
+        "method": config.method,
+        "config": f"{prefix}/config.yaml",
+        "checkpoints": artifacts.list(f"{prefix}/checkpoints"),
+        "logs": f"{prefix}/logs",
+        "steps": result.global_step,
+        "resumed_from_step": _step_of(result.resumed_from),
+        "metrics": result.metrics,
+    }
+
+
+def _step_of(path: Path | None) -> int | None:
+    from services.dreambooth.train.callbacks import checkpoint_step
+
+    return checkpoint_step(path) if path is not None else None

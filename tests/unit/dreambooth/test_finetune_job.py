@@ -1,0 +1,175 @@
+"""The finetune task body end to end: real Redis job store, local artifact store, the tiny model.
+
+Covers success (progress, logs, export, registered model), cancel (last checkpoint kept), a worker killed
+mid-training whose re-delivered task resumes from the newest checkpoint, and clear failures."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+from PIL import Image
+
+from services.dreambooth import tasks
+from services.dreambooth.config import FinetuneConfig
+from services.jobs.artifacts import ArtifactStore
+from services.jobs.schema import JobStatus, JobType
+from services.jobs.settings import JobSettings
+from services.jobs.store import JobStore, new_job_id
+
+CONFIG = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog", "resolution": 64,
+          "max_train_steps": 4, "checkpoint_every": 2, "keep_last_checkpoints": 1, "mixed_precision": "32",
+          "num_class_images": 2, "class_images_batch_size": 2, "class_images_inference_steps": 1,
+          "learning_rate": 1e-3, "seed": 5}
+
+
+@pytest.fixture
+def env(tmp_path, tiny_sd, monkeypatch):
+    prefix = f"test-ft-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    settings = JobSettings(data_dir=tmp_path, key_prefix=prefix)
+    store = JobStore(client, prefix=prefix)
+    monkeypatch.setenv("DETBOOTH_SD_BASE_MODEL", str(tiny_sd))
+    monkeypatch.setattr(tasks, "settings", settings)
+    monkeypatch.setattr(tasks, "_store", store)
+    yield store, ArtifactStore(settings.artifacts_location), settings
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+
+
+def _png(color, size=(72, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def create_job(store: JobStore, artifacts: ArtifactStore, config: dict, images: list[bytes] | None = None,
+               owner: str = "owner-1"):
+    job_id = new_job_id()
+    images = images if images is not None else [_png((200, 30 * i, 40)) for i in range(3)]
+    keys = [artifacts.write_bytes(f"jobs/{job_id}/inputs/{i:03d}.png", data) for i, data in enumerate(images)]
+    job, _ = store.create(JobType.finetune, owner, {"config": config, "inputs": keys}, job_id=job_id)
+    return job
+
+
+def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env):
+    store, artifacts, settings = env
+    job = create_job(store, artifacts, {**CONFIG, "validation_prompts": ["a sks dog"], "validation_every": 2,
+                                        "validation_inference_steps": 1})
+    tasks.finetune(job.id)
+    job = store.get(job.id)
+    assert job.status == JobStatus.succeeded, job.error
+    events = store.events(job.id)
+    steps = [e.data["progress"]["step"] for e in events if e.event == "progress" and e.data["progress"]["step"]]
+    assert steps[-1] == 4 and steps == sorted(steps)
+    last = [e.data for e in events if e.event == "progress"][-1]
+    assert last["progress"]["total"] == 4 and {"loss", "loss_instance", "loss_prior", "it_per_s", "lr"} <= \
+        set(last["metrics"])
+    assert [e.data["status"] for e in events if e.event == "status"] == ["queued", "running", "succeeded"]
+
+    result = job.result
+    prefix = f"jobs/{job.id}"
+    assert result["model"] == f"{prefix}/model/pytorch_lora_weights.safetensors" and artifacts.exists(result["model"])
+    assert result["steps"] == 4 and result["checkpoints"] == [f"{prefix}/checkpoints/step-000004.ckpt"]
+    saved = FinetuneConfig.from_yaml(artifacts.read_bytes(result["config"]).decode())
+    assert saved.seed == 5 and saved.max_train_steps == 4
+    logs = artifacts.list(result["logs"])
+    assert f"{prefix}/logs/csv/metrics.csv" in logs
+    assert any("/logs/tensorboard/events.out.tfevents" in k for k in logs)
+    assert f"{prefix}/logs/validation/step-000004/00-00.png" in logs
+    header = artifacts.read_bytes(f"{prefix}/logs/csv/metrics.csv").decode().splitlines()[0]
+    assert {"train/loss", "train/loss_instance", "train/loss_prior", "train/it_per_s"} <= set(header.split(","))
+
+    (model,) = store.list_models("owner-1")
+    assert model["id"] == job.id and model["method"] == "lora" and model["path"] == result["model"]
+    assert model["instance_prompt"] == "a photo of sks dog" and model["lora"] == {"rank": 4, "alpha": 4.0}
+    assert len(os.listdir(settings.data_dir / "class_images")) == 1  # generated once, cached
+
+
+def test_cancel_stops_training_and_keeps_the_last_checkpoint(env):
+    store, artifacts, _ = env
+    job = create_job(store, artifacts, {**CONFIG, "with_prior_preservation": False, "max_train_steps": 200,
+                                        "checkpoint_every": 100})
+
+    def cancel_when_training():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if store.get(job.id).progress.step >= 2:
+                store.cancel(job.id)
+                return
+            time.sleep(0.05)
+
+    canceller = threading.Thread(target=cancel_when_training)
+    canceller.start()
+    tasks.finetune(job.id)
+    canceller.join()
+    job = store.get(job.id)
+    assert job.status == JobStatus.canceled
+    ckpts = artifacts.list(f"jobs/{job.id}/checkpoints")
+    assert len(ckpts) == 1 and 2 <= int(ckpts[0].rsplit("-", 1)[1].split(".")[0]) < 200
+    assert not artifacts.exists(f"jobs/{job.id}/model")
+    assert store.list_models("owner-1") == []
+
+
+def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny_sd):
+    store, artifacts, settings = env
+    job = create_job(store, artifacts, {**CONFIG, "with_prior_preservation": False, "max_train_steps": 10,
+                                        "checkpoint_every": 2, "keep_last_checkpoints": 2})
+    worker_env = {**os.environ, "DETBOOTH_DATA_DIR": str(settings.data_dir), "DETBOOTH_KEY_PREFIX": store.prefix,
+                  "DETBOOTH_SD_BASE_MODEL": str(tiny_sd)}
+    worker = subprocess.Popen([sys.executable, "-c", f"from services.dreambooth import tasks; tasks.finetune({job.id!r})"],
+                              env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not artifacts.list(f"jobs/{job.id}/checkpoints") and time.monotonic() < deadline:
+            assert worker.poll() is None, "the worker exited early"
+            time.sleep(0.1)
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    killed = store.get(job.id)
+    assert killed.status == JobStatus.running and killed.progress.step < 10
+    newest = max(int(k.rsplit("-", 1)[1].split(".")[0]) for k in artifacts.list(f"jobs/{job.id}/checkpoints"))
+
+    tasks.finetune(job.id)  # Celery delivers the unacknowledged task again
+    job = store.get(job.id)
+    assert job.status == JobStatus.succeeded, job.error
+    assert job.attempts == 2
+    assert job.result["resumed_from_step"] >= newest >= 2 and job.result["steps"] == 10
+    logs = artifacts.list(f"jobs/{job.id}/logs")
+    assert f"jobs/{job.id}/logs/csv/metrics.csv" in logs  # the first attempt's log is kept
+    assert any("/logs/csv-resumed-at-step-" in k for k in logs)
+
+
+def test_invalid_config_fails_with_a_message_naming_the_field(env):
+    store, artifacts, _ = env
+    job = create_job(store, artifacts, {**CONFIG, "resolution": 100})
+    tasks.finetune(job.id)
+    job = store.get(job.id)
+    assert job.status == JobStatus.failed
+    assert job.error.code == "invalid_config" and "resolution" in job.error.message
+
+
+@pytest.mark.parametrize("images, message", [
+    ([_png((1, 2, 3))] * 2, "3 to 20 instance images"),
+    ([_png((1, 2, 3))] * 2 + [b"garbage"], "image 2: not a readable image"),
+    ([_png((1, 2, 3))] * 2 + [_png((1, 2, 3), size=(20, 20))], "image 2: 20x20 px is too small"),
+])
+def test_bad_instance_images_fail_clearly(env, images, message):
+    store, artifacts, _ = env
+    job = create_job(store, artifacts, CONFIG, images=images)
+    tasks.finetune(job.id)
+    job = store.get(job.id)
+    assert job.status == JobStatus.failed and job.error.code == "invalid_input"
+    assert message in job.error.message
