@@ -267,12 +267,12 @@ class JobStore:
 
     # events
     def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 100) -> list[Event]:
-        """Events after stream id `after` (exclusive); waits up to `block_ms` for new ones when given."""
+        """Events after stream id `after` (exclusive); waits up to `block_ms` (≤ 10 s) for new ones when given."""
         key = self._events_key(job_id)
         if block_ms is None:
             rows = self.r.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count)
         else:
-            got = self.r.xread({key: after}, count=count, block=block_ms)
+            got = self.r.xread({key: after}, count=count, block=min(block_ms, 10_000))
             rows = got[0][1] if got else []
         return [Event(id=i.decode(), event=f[b"event"].decode(), data=json.loads(f[b"data"])) for i, f in rows]
 
@@ -301,7 +301,7 @@ class JobStore:
 
 
 def store_from_settings(settings: JobSettings) -> JobStore:
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=15, socket_connect_timeout=2,
                                   health_check_interval=10)
     return JobStore(client, prefix=settings.key_prefix, ttl_s=settings.job_ttl_s,
                     events_maxlen=settings.events_maxlen)
