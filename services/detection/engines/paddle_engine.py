@@ -1,0 +1,114 @@
+"""Paddle Inference engine: CPU (oneDNN), GPU, and TensorRT subgraphs with one engine per shape bucket."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..settings import DetectionSettings
+from .base import Engine, Shape, as_prob_maps
+
+INPUT = "x"
+
+
+def model_paths(folder: Path) -> tuple[Path, Path]:
+    params = folder / "inference.pdiparams"
+    for program in ("inference.json", "inference.pdmodel"):
+        if (folder / program).is_file():
+            return folder / program, params
+    raise FileNotFoundError(f"{folder} has no inference.json or inference.pdmodel")
+
+
+def build_config(folder: Path, settings: DetectionSettings, bucket: Shape | None = None, max_batch_size: int = 1):
+    """The ``paddle.inference.Config`` for these settings; with TensorRT, one per bucket (static H x W,
+    dynamic batch 1..max_batch_size), so no engine is ever rebuilt at run time."""
+    from paddle import inference
+
+    program, params = model_paths(folder)
+    config = inference.Config(str(program), str(params))
+    config.disable_glog_info()
+    config.switch_ir_optim(True)
+    config.enable_memory_optim()
+    if program.suffix == ".pdmodel":
+        # Paddle 3.3's new IR crashes with oneDNN on .pdmodel programs (ConvertPirAttribute2RuntimeAttribute);
+        # the old IR is also the fastest there, and the one the TensorRT subgraph pass runs on.
+        config.enable_new_ir(False)
+    if settings.device == "cpu":
+        config.disable_gpu()
+        config.set_cpu_math_library_num_threads(settings.threads)
+        if settings.paddle_onednn:
+            config.enable_mkldnn()
+            config.set_mkldnn_cache_capacity(max(10, 2 * len(settings.bucket_sides) ** 2))
+        return config
+    config.enable_use_gpu(256, settings.gpu_id)
+    if settings.use_tensorrt:
+        if bucket is None:
+            raise ValueError("a TensorRT config needs the bucket shape it is built for")
+        precision = {
+            "fp32": inference.PrecisionType.Float32,
+            "fp16": inference.PrecisionType.Half,
+            "int8": inference.PrecisionType.Int8,
+        }[settings.trt_precision]
+        config.enable_tensorrt_engine(
+            workspace_size=settings.trt_workspace_mb << 20,
+            max_batch_size=max_batch_size,
+            min_subgraph_size=settings.trt_min_subgraph_size,
+            precision_mode=precision,
+            use_static=True,  # serialise engines to the cache folder
+            use_calib_mode=settings.trt_precision == "int8",
+        )
+        h, w = bucket
+        config.set_trt_dynamic_shape_info(
+            {INPUT: [1, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}
+        )
+        cache = settings.trt_cache_dir / f"{folder.name}_{settings.trt_precision}_b{max_batch_size}_{h}x{w}"
+        cache.mkdir(parents=True, exist_ok=True)
+        config.set_optim_cache_dir(str(cache))
+    return config
+
+
+class PaddleEngine(Engine):
+    name = "paddle"
+
+    def __init__(self, folder: Path, settings: DetectionSettings) -> None:
+        self.folder = folder
+        self.settings = settings
+        self._masters: dict[Shape | None, object] = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def load(self, buckets: Sequence[Shape], max_batch_size: int) -> None:
+        from paddle import inference
+
+        keys: list[Shape | None] = list(buckets) if self.settings.use_tensorrt else [None]
+        for key in keys:
+            config = build_config(self.folder, self.settings, key, max_batch_size)
+            self._masters[key] = inference.create_predictor(config)
+
+    def _predictor(self, shape: Shape):
+        """This thread's predictor (a ``clone()`` of the master: Paddle predictors are not thread-safe)."""
+        key = shape if self.settings.use_tensorrt else None
+        mine = getattr(self._local, "predictors", None)
+        if mine is None:
+            mine = self._local.predictors = {}
+        if key not in mine:
+            with self._lock:
+                mine[key] = self._masters[key].clone()
+        return mine[key]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        predictor = self._predictor((batch.shape[2], batch.shape[3]))
+        handle = predictor.get_input_handle(predictor.get_input_names()[0])
+        handle.reshape(list(batch.shape))
+        handle.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+        predictor.run()
+        output = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+        return as_prob_maps(output)
+
+    def describe(self) -> dict[str, object]:
+        s = self.settings
+        return {"engine": self.name, "device": s.device, "onednn": s.device == "cpu" and s.paddle_onednn,
+                "tensorrt": s.use_tensorrt, "threads": s.threads}
