@@ -31,8 +31,8 @@ class PostprocessConfig:
     box_type: BoxType = "quad"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.thresh < 1.0:
-            raise ValueError(f"thresh must be in [0, 1), got {self.thresh}")
+        if not 0.0 <= self.thresh <= 1.0:
+            raise ValueError(f"thresh must be in [0, 1], got {self.thresh}")
         if not 0.0 <= self.box_thresh <= 1.0:
             raise ValueError(f"box_thresh must be in [0, 1], got {self.box_thresh}")
         if self.unclip_ratio <= 0:

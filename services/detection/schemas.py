@@ -12,11 +12,12 @@ class DetectParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    limit_side_len: int | None = Field(None, ge=32, le=4000, description="DetResizeForTest side limit (pixels)")
+    limit_side_len: int | None = Field(None, ge=32, le=4096,
+                                       description="DetResizeForTest side limit (pixels; capped by max_side_limit)")
     limit_type: Literal["min", "max", "resize_long"] | None = None
-    thresh: float | None = Field(None, ge=0.0, lt=1.0, description="binarisation threshold of the prob map")
+    thresh: float | None = Field(None, ge=0.0, le=1.0, description="binarisation threshold of the prob map")
     box_thresh: float | None = Field(None, ge=0.0, le=1.0, description="minimum mean probability inside a box")
-    unclip_ratio: float | None = Field(None, ge=0.5, le=5.0, description="how far boxes grow around the text")
+    unclip_ratio: float | None = Field(None, gt=0.0, le=10.0, description="how far boxes grow around the text")
     box_type: Literal["quad", "poly"] | None = None
 
 

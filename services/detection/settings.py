@@ -65,7 +65,7 @@ class DetectionSettings(BaseSettings):
     limit_side_len: int | None = Field(None, ge=32)
     limit_type: Literal["min", "max", "resize_long"] | None = None
     max_side_limit: int = Field(4000, ge=32)
-    thresh: float | None = Field(None, ge=0, lt=1)
+    thresh: float | None = Field(None, ge=0, le=1)
     box_thresh: float | None = Field(None, ge=0, le=1)
     unclip_ratio: float | None = Field(None, gt=0)
     max_candidates: int | None = Field(None, ge=1)
