@@ -22,51 +22,67 @@ def model_paths(folder: Path) -> tuple[Path, Path]:
     raise FileNotFoundError(f"{folder} has no inference.json or inference.pdmodel")
 
 
+Call = tuple[str, tuple, dict]
+PRECISIONS = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}
+
+
+def config_calls(program: Path, settings: DetectionSettings, bucket: Shape | None = None,
+                 max_batch_size: int = 1) -> list[Call]:
+    """The ``paddle.inference.Config`` method calls these settings make, as data (testable without a GPU build).
+
+    With TensorRT there is one config per bucket: static H x W, dynamic batch 1..max_batch_size, engines
+    serialised to a per-bucket cache folder, so no engine is ever rebuilt at run time."""
+    calls: list[Call] = [("disable_glog_info", (), {}), ("switch_ir_optim", (True,), {})]
+    if program.suffix == ".pdmodel":
+        # Paddle 3.3's new IR crashes with oneDNN on .pdmodel programs (ConvertPirAttribute2RuntimeAttribute);
+        # the old IR is also the fastest there, and the one the TensorRT subgraph pass runs on.
+        # (The memory-optimise pass exists only there: asking for it on a PIR .json program fails.)
+        calls += [("enable_new_ir", (False,), {}), ("enable_memory_optim", (), {})]
+    if settings.device == "cpu":
+        calls += [("disable_gpu", (), {}), ("set_cpu_math_library_num_threads", (settings.threads,), {})]
+        # oneDNN kernels under the new IR (which .json programs need) crash on some attributes in Paddle 3.3
+        # (ConvertPirAttribute2RuntimeAttribute, e.g. an interpolate's double scales): oneDNN for .pdmodel only.
+        if settings.paddle_onednn and program.suffix == ".pdmodel":
+            calls += [("enable_mkldnn", (), {}),
+                      ("set_mkldnn_cache_capacity", (max(10, 2 * len(settings.bucket_sides) ** 2),), {})]
+        else:
+            calls.append(("disable_mkldnn", (), {}))  # Paddle's CPU build turns it on by default
+        return calls
+    calls.append(("enable_use_gpu", (256, settings.gpu_id), {}))
+    if not settings.use_tensorrt:
+        return calls
+    if bucket is None:
+        raise ValueError("a TensorRT config needs the bucket shape it is built for")
+    h, w = bucket
+    cache = settings.trt_cache_dir / f"{program.parent.name}_{settings.trt_precision}_b{max_batch_size}_{h}x{w}"
+    calls += [
+        ("enable_tensorrt_engine", (), {
+            "workspace_size": settings.trt_workspace_mb << 20,
+            "max_batch_size": max_batch_size,
+            "min_subgraph_size": settings.trt_min_subgraph_size,
+            "precision_mode": PRECISIONS[settings.trt_precision],
+            "use_static": True,
+            "use_calib_mode": settings.trt_precision == "int8",
+        }),
+        ("set_trt_dynamic_shape_info",
+         ({INPUT: [1, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}), {}),
+        ("set_optim_cache_dir", (str(cache),), {}),
+    ]
+    return calls
+
+
 def build_config(folder: Path, settings: DetectionSettings, bucket: Shape | None = None, max_batch_size: int = 1):
-    """The ``paddle.inference.Config`` for these settings; with TensorRT, one per bucket (static H x W,
-    dynamic batch 1..max_batch_size), so no engine is ever rebuilt at run time."""
+    """A real ``paddle.inference.Config`` with ``config_calls`` applied."""
     from paddle import inference
 
     program, params = model_paths(folder)
     config = inference.Config(str(program), str(params))
-    config.disable_glog_info()
-    config.switch_ir_optim(True)
-    config.enable_memory_optim()
-    if program.suffix == ".pdmodel":
-        # Paddle 3.3's new IR crashes with oneDNN on .pdmodel programs (ConvertPirAttribute2RuntimeAttribute);
-        # the old IR is also the fastest there, and the one the TensorRT subgraph pass runs on.
-        config.enable_new_ir(False)
-    if settings.device == "cpu":
-        config.disable_gpu()
-        config.set_cpu_math_library_num_threads(settings.threads)
-        if settings.paddle_onednn:
-            config.enable_mkldnn()
-            config.set_mkldnn_cache_capacity(max(10, 2 * len(settings.bucket_sides) ** 2))
-        return config
-    config.enable_use_gpu(256, settings.gpu_id)
-    if settings.use_tensorrt:
-        if bucket is None:
-            raise ValueError("a TensorRT config needs the bucket shape it is built for")
-        precision = {
-            "fp32": inference.PrecisionType.Float32,
-            "fp16": inference.PrecisionType.Half,
-            "int8": inference.PrecisionType.Int8,
-        }[settings.trt_precision]
-        config.enable_tensorrt_engine(
-            workspace_size=settings.trt_workspace_mb << 20,
-            max_batch_size=max_batch_size,
-            min_subgraph_size=settings.trt_min_subgraph_size,
-            precision_mode=precision,
-            use_static=True,  # serialise engines to the cache folder
-            use_calib_mode=settings.trt_precision == "int8",
-        )
-        h, w = bucket
-        config.set_trt_dynamic_shape_info(
-            {INPUT: [1, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}
-        )
-        cache = settings.trt_cache_dir / f"{folder.name}_{settings.trt_precision}_b{max_batch_size}_{h}x{w}"
-        cache.mkdir(parents=True, exist_ok=True)
-        config.set_optim_cache_dir(str(cache))
+    for name, args, kwargs in config_calls(program, settings, bucket, max_batch_size):
+        if "precision_mode" in kwargs:
+            kwargs = {**kwargs, "precision_mode": getattr(inference.PrecisionType, kwargs["precision_mode"])}
+        if name == "set_optim_cache_dir":
+            Path(args[0]).mkdir(parents=True, exist_ok=True)
+        getattr(config, name)(*args, **kwargs)
     return config
 
 
