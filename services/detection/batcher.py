@@ -1,5 +1,6 @@
 """Dynamic batcher: images wait at most ``max_queue_delay_ms`` to share one engine call with others of the same
-padded shape (bucket). Only numpy and asyncio here, so it runs beside any engine (bench/gpu_detect_check.py)."""
+shape: their exact resized shape, or (``pad_to_buckets``) the bucket shape they are zero-padded to.
+Only numpy and asyncio here, so it runs beside any engine (bench/gpu_detect_check.py)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ class DynamicBatcher:
         max_queue_delay_ms: float = 4.0,
         max_queue_images: int = 256,
         bucket_sides: Sequence[int] = (320, 480, 640, 800, 960),
+        pad_to_buckets: bool = False,
         engine_workers: int = 1,
         warmup: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
@@ -94,6 +96,7 @@ class DynamicBatcher:
         self.max_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue_images = max_queue_images
         self.bucket_sides = sorted(bucket_sides)
+        self.pad_to_buckets = pad_to_buckets
         self.engine_workers = engine_workers
         self.warmup = warmup
         self.on_batch = on_batch
@@ -110,7 +113,12 @@ class DynamicBatcher:
 
     @property
     def buckets(self) -> list[Shape]:
+        """The shapes warmed up at start (and, when padding, the only shapes the engine sees)."""
         return all_buckets(self.bucket_sides)
+
+    def key_for(self, tensor: np.ndarray) -> Shape:
+        h, w = tensor.shape[1:]
+        return bucket_for(h, w, self.bucket_sides) if self.pad_to_buckets else (h, w)
 
     @property
     def queue_depth(self) -> int:
@@ -161,7 +169,7 @@ class DynamicBatcher:
         deadline = self._loop.time() + timeout_s
         items = [_Item(t, self._loop.create_future(), deadline) for t in tensors]
         for item in items:
-            self._pending.setdefault(bucket_for(*item.tensor.shape[1:], self.bucket_sides), deque()).append(item)
+            self._pending.setdefault(self.key_for(item.tensor), deque()).append(item)
         self._queued += len(items)
         self._wakeup.set()
         try:

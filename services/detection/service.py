@@ -51,7 +51,8 @@ class DetectionService:
             engine = create_engine(self.model, s)
             self.batcher = DynamicBatcher(
                 engine, max_batch_size=s.max_batch_size, max_queue_delay_ms=s.max_queue_delay_ms,
-                max_queue_images=s.max_queue_images, bucket_sides=s.bucket_sides, engine_workers=s.engine_workers,
+                max_queue_images=s.max_queue_images, bucket_sides=s.bucket_sides, pad_to_buckets=s.bucket_mode == "padded",
+                engine_workers=s.engine_workers,
                 warmup=s.warmup, on_batch=self.metrics.observe_batch,
             )
             await asyncio.to_thread(engine.load, self.batcher.buckets, s.max_batch_size)
@@ -89,8 +90,9 @@ class DetectionService:
         if self.engine_info:
             body["engine"] = self.engine_info
         if self.batcher is not None:
-            body["buckets"] = {"total": len(self.batcher.buckets), "warmed": self.batcher.warmed_buckets,
-                               "sides": self.batcher.bucket_sides}
+            b = self.batcher
+            body["buckets"] = {"mode": self.settings.bucket_mode, "sides": b.bucket_sides,
+                               "total": len(b.buckets), "warmed": b.warmed_buckets // b.engine_workers}
             body["queue_depth"] = self.batcher.queue_depth
         if self.detector is not None:
             d = self.detector

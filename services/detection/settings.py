@@ -50,6 +50,11 @@ class DetectionSettings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, le=256)
     max_queue_delay_ms: float = Field(4.0, ge=0, le=1000)
     max_queue_images: int = Field(256, ge=1)
+    # exact: a batch holds images of one resized shape, unpadded, so every box equals PaddleOCR's (PP-OCR nets
+    # have squeeze-excitation / global pooling, so padding changes the whole probability map, not just its edge).
+    # padded: shapes round up to the bucket_sides grid (fewer shapes, fuller batches; suits TensorRT engines).
+    # Either way bucket_sides x bucket_sides are the shapes warmed up before /readyz says ready.
+    bucket_mode: Literal["exact", "padded"] = "exact"
     bucket_sides: list[int] = [320, 480, 640, 800, 960]
     warmup: bool = True
     request_timeout_s: float = Field(60.0, gt=0)

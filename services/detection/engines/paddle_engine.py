@@ -30,8 +30,9 @@ def config_calls(program: Path, settings: DetectionSettings, bucket: Shape | Non
                  max_batch_size: int = 1) -> list[Call]:
     """The ``paddle.inference.Config`` method calls these settings make, as data (testable without a GPU build).
 
-    With TensorRT there is one config per bucket: static H x W, dynamic batch 1..max_batch_size, engines
-    serialised to a per-bucket cache folder, so no engine is ever rebuilt at run time."""
+    With TensorRT and padded buckets there is one config per bucket: static H x W, dynamic batch
+    1..max_batch_size, engines serialised to a per-bucket cache folder, so no engine is rebuilt at run time.
+    With exact shapes (bucket None) one engine covers 32..max_side_limit on each side."""
     calls: list[Call] = [("disable_glog_info", (), {}), ("switch_ir_optim", (True,), {})]
     if program.suffix == ".pdmodel":
         # Paddle 3.3's new IR crashes with oneDNN on .pdmodel programs (ConvertPirAttribute2RuntimeAttribute);
@@ -51,10 +52,16 @@ def config_calls(program: Path, settings: DetectionSettings, bucket: Shape | Non
     calls.append(("enable_use_gpu", (256, settings.gpu_id), {}))
     if not settings.use_tensorrt:
         return calls
-    if bucket is None:
-        raise ValueError("a TensorRT config needs the bucket shape it is built for")
-    h, w = bucket
-    cache = settings.trt_cache_dir / f"{program.parent.name}_{settings.trt_precision}_b{max_batch_size}_{h}x{w}"
+    if bucket is not None:  # padded buckets: one static-shape engine per bucket
+        h, w = bucket
+        shapes = ({INPUT: [1, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]})
+        tag = f"{h}x{w}"
+    else:  # exact shapes: one engine over every multiple-of-32 shape up to max_side_limit
+        top, opt = settings.max_side_limit, max(settings.bucket_sides)
+        shapes = ({INPUT: [1, 3, 32, 32]}, {INPUT: [max_batch_size, 3, top, top]},
+                  {INPUT: [max_batch_size, 3, opt, opt]})
+        tag = f"dyn{top}"
+    cache = settings.trt_cache_dir / f"{program.parent.name}_{settings.trt_precision}_b{max_batch_size}_{tag}"
     calls += [
         ("enable_tensorrt_engine", (), {
             "workspace_size": settings.trt_workspace_mb << 20,
@@ -64,8 +71,7 @@ def config_calls(program: Path, settings: DetectionSettings, bucket: Shape | Non
             "use_static": True,
             "use_calib_mode": settings.trt_precision == "int8",
         }),
-        ("set_trt_dynamic_shape_info",
-         ({INPUT: [1, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}), {}),
+        ("set_trt_dynamic_shape_info", shapes, {}),
         ("set_optim_cache_dir", (str(cache),), {}),
     ]
     return calls
@@ -99,14 +105,15 @@ class PaddleEngine(Engine):
     def load(self, buckets: Sequence[Shape], max_batch_size: int) -> None:
         from paddle import inference
 
-        keys: list[Shape | None] = list(buckets) if self.settings.use_tensorrt else [None]
+        per_bucket = self.settings.use_tensorrt and self.settings.bucket_mode == "padded"
+        keys: list[Shape | None] = list(buckets) if per_bucket else [None]
         for key in keys:
             config = build_config(self.folder, self.settings, key, max_batch_size)
             self._masters[key] = inference.create_predictor(config)
 
     def _predictor(self, shape: Shape):
         """This thread's predictor (a ``clone()`` of the master: Paddle predictors are not thread-safe)."""
-        key = shape if self.settings.use_tensorrt else None
+        key = shape if shape in self._masters else None
         mine = getattr(self._local, "predictors", None)
         if mine is None:
             mine = self._local.predictors = {}

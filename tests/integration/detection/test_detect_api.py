@@ -39,7 +39,7 @@ def test_readyz_reports_the_offline_fallback(detection):
     assert body["ready"] is True and body["state"] == "ready"
     assert body["model"]["fallback"] is True and body["model"]["requested"] == "PP-OCRv5_server_det"
     assert body["model"]["served"] == "PP-OCRv5_mobile_det" and "FALLBACK MODEL" in body["warning"]
-    assert body["buckets"] == {"total": 9, "warmed": 9, "sides": [320, 480, 640]}
+    assert body["buckets"] == {"mode": "exact", "total": 9, "warmed": 9, "sides": [320, 480, 640]}
     assert body["engine"]["engine"] == "onnxruntime"
     assert "FALLBACK MODEL" in detection.log()
     assert httpx.get(f"{detection.url}/healthz").json()["status"] == "ok"
@@ -62,6 +62,31 @@ def test_finds_the_rendered_lines(detection):
 # Lines of scikit-image's data.page() (384 x 191), marked by hand: title, five lines of prose, one of code.
 PAGE_LINES = [(5, 10, 295, 35), (3, 46, 378, 66), (2, 62, 380, 86), (2, 80, 380, 104), (4, 98, 380, 121),
               (4, 115, 173, 140), (15, 166, 241, 190)]
+
+
+def test_boxes_equal_rapidocrs_detector_on_the_same_model(detection):
+    """The whole service (decode, resize, batching, DB post-processing) against RapidOCR's TextDetector run
+    in-process on the same ONNX file with the same settings: the same boxes."""
+    from rapidocr import RapidOCR
+
+    from tests.detection_support import V5_MOBILE_ONNX
+
+    reference = RapidOCR(params={
+        "Global.use_cls": False, "Global.use_rec": False, "Global.log_level": "warning",
+        "Det.model_path": str(V5_MOBILE_ONNX), "Det.limit_side_len": 960, "Det.limit_type": "max",
+        "Det.mean": [0.485, 0.456, 0.406], "Det.std": [0.229, 0.224, 0.225], "Det.thresh": 0.3,
+        "Det.box_thresh": 0.6, "Det.unclip_ratio": 1.5, "Det.use_dilation": False, "Det.score_mode": "fast",
+    })._load_det_model()
+    images = [render_lines(seed, w, h)[0] for seed, (w, h) in enumerate([(480, 320), (640, 480), (300, 200)])]
+    images.append(cv2.cvtColor(skimage.data.page(), cv2.COLOR_GRAY2BGR))
+    results = post(detection.url, [encode(img) for img in images]).json()["results"]
+    compared = 0
+    for image, result in zip(images, results):
+        ref = reference(image)
+        want = sorted(canonical(b) for b in (ref.boxes if ref.boxes is not None else []))
+        assert sorted(canonical(b["points"]) for b in result["boxes"]) == want
+        compared += len(want)
+    assert compared >= 15
 
 
 def test_finds_the_lines_of_a_photographed_page(detection):

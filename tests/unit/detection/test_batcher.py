@@ -72,7 +72,8 @@ def test_concurrent_images_share_batches_and_results_are_cropped_back():
     shapes = [(64, 96), (96, 64), (32, 32), (128, 128), (64, 64)] * 4
 
     async def main():
-        b = DynamicBatcher(engine, max_batch_size=4, max_queue_delay_ms=20, bucket_sides=[64, 128], warmup=False)
+        b = DynamicBatcher(engine, max_batch_size=4, max_queue_delay_ms=20, bucket_sides=[64, 128], warmup=False,
+                           pad_to_buckets=True)
         await b.start()
         tensors = [tensor(h, w, i) for i, (h, w) in enumerate(shapes)]
         results = await asyncio.gather(*(b.infer(t, 10) for t in tensors))
@@ -97,7 +98,7 @@ def test_padding_is_zero():
             return super().infer(batch)
 
     async def main():
-        b = DynamicBatcher(Spy(), bucket_sides=[64], warmup=False)
+        b = DynamicBatcher(Spy(), bucket_sides=[64], warmup=False, pad_to_buckets=True)
         await b.start()
         await b.infer(np.ones((3, 32, 32), np.float32), 5)
         await b.stop()
@@ -188,3 +189,19 @@ def test_stop_fails_what_cannot_finish_in_time():
         assert any(isinstance(o, ShuttingDown) for o in outcomes)
 
     run(main())
+
+
+def test_exact_mode_batches_only_identical_shapes_without_padding():
+    engine = MeanEngine(delay_s=0.02)
+    shapes = [(64, 96), (96, 64), (64, 96), (64, 96), (96, 64), (32, 32)]
+
+    async def main():
+        b = DynamicBatcher(engine, max_batch_size=8, max_queue_delay_ms=30, bucket_sides=[128], warmup=False)
+        await b.start()
+        results = await asyncio.gather(*(b.infer(tensor(h, w, i), 10) for i, (h, w) in enumerate(shapes)))
+        await b.stop()
+        return results
+
+    results = run(main())
+    assert sorted(engine.calls) == sorted([(3, 3, 64, 96), (2, 3, 96, 64), (1, 3, 32, 32)])
+    assert [r[0].shape for r in results] == shapes

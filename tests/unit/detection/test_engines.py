@@ -92,8 +92,9 @@ def test_tensorrt_config_calls_per_bucket(tmp_path):
     int8 = dict((n, kw) for n, _, kw in config_calls(V4_PADDLE_DIR / "inference.pdmodel",
                                                        s.model_copy(update={"trt_precision": "int8"}), (32, 32), 1))
     assert int8["enable_tensorrt_engine"]["use_calib_mode"] is True
-    with pytest.raises(ValueError, match="bucket"):
-        config_calls(V4_PADDLE_DIR / "inference.pdmodel", s)
+    wide = dict((n, a) for n, a, _ in config_calls(V4_PADDLE_DIR / "inference.pdmodel", s, None, 8))
+    assert wide["set_trt_dynamic_shape_info"] == ({"x": [1, 3, 32, 32]}, {"x": [8, 3, 4000, 4000]},
+                                                  {"x": [8, 3, 960, 960]})
 
 
 def test_tensorrt_engine_builds_one_predictor_per_bucket(tmp_path, monkeypatch):
@@ -101,7 +102,8 @@ def test_tensorrt_engine_builds_one_predictor_per_bucket(tmp_path, monkeypatch):
     monkeypatch.setattr("services.detection.engines.paddle_engine.build_config",
                         lambda folder, settings, bucket, mb: built.append((bucket, mb)) or bucket)
     monkeypatch.setattr("paddle.inference.create_predictor", lambda config: f"predictor-{config}")
-    s = DetectionSettings(_env_file=None, device="gpu", use_tensorrt=True, trt_cache_dir=tmp_path)
+    s = DetectionSettings(_env_file=None, device="gpu", use_tensorrt=True, trt_cache_dir=tmp_path,
+                          bucket_mode="padded")
     engine = PaddleEngine(V4_PADDLE_DIR, s)
     engine.load([(320, 320), (320, 640)], 8)
     assert built == [((320, 320), 8), ((320, 640), 8)] and set(engine._masters) == {(320, 320), (320, 640)}
@@ -168,3 +170,14 @@ def test_torch_engine_cuda_fp16():
 def test_json_programs_run_without_onednn_on_cpu():
     names = [n for n, _, _ in config_calls(Path("m/inference.json"), CPU)]
     assert "disable_mkldnn" in names and "enable_mkldnn" not in names and "enable_new_ir" not in names
+
+
+def test_padding_changes_pp_ocr_maps_everywhere_which_is_why_exact_buckets_are_the_default():
+    """PP-OCR det nets use squeeze-excitation (global pooling): zero padding shifts the whole map, not its edge."""
+    engine = OnnxEngine(V5_MOBILE_ONNX, CPU)
+    engine.load([], 1)
+    single = rendered_batch(1)  # 224 x 320
+    padded = np.zeros((1, 3, 320, 320), np.float32)
+    padded[:, :, :224, :320] = single
+    a, b = engine.infer(single)[0], engine.infer(padded)[0, :224, :320]
+    assert np.abs(a[:100, :100] - b[:100, :100]).max() > 1e-3  # far from the padded border
