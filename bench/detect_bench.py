@@ -92,7 +92,6 @@ def run_rapidocr(detector, pair: str, items, concurrency: int, requests: int):
         return time.perf_counter() - started, sorted(boxes)
 
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(min(len(items), concurrency))))  # warm
         started = time.perf_counter()
         results = list(pool.map(one, range(requests)))
     return time.perf_counter() - started, results
@@ -149,8 +148,6 @@ async def _load(url: str, items, concurrency: int, requests: int):
                 boxes = sorted(canonical(b["points"]) for b in r.json()["results"][0]["boxes"])
                 results[i] = (time.perf_counter() - started, boxes)
 
-        warm = iter(range(min(len(items), concurrency)))
-        await asyncio.gather(*(client.post("/v1/detect", files=[("images", ("w", items[i][1]))]) for i in warm))
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return time.perf_counter() - started, results
@@ -171,26 +168,34 @@ def summary(wall: float, results) -> dict:
 
 def bench_pair(pair: str, args, items, log_dir: Path) -> dict:
     levels = [int(c) for c in args.concurrency.split(",")]
+    print(f"\n=== {pair}: {PAIRS[pair]['model']} ({PAIRS[pair]['path']}), {args.threads} threads, "
+          f"{len(items)} images, {args.requests} requests per level in {args.rounds} interleaved rounds", flush=True)
+    detector = rapidocr_detector(pair, args.threads)
+    services = {"service": Service(pair, args.threads, True, log_dir),
+                "service-nobatch": Service(pair, args.threads, False, log_dir)}
+    runners = {"rapidocr": lambda c, n: run_rapidocr(detector, pair, items, c, n)}
+    runners |= {name: (lambda c, n, svc=svc: run_service(svc, items, c, n)) for name, svc in services.items()}
     table: dict[tuple[str, int], dict] = {}
     boxes: dict[str, dict[int, list]] = {}
-    print(f"\n=== {pair}: {PAIRS[pair]['model']} ({PAIRS[pair]['path']}), {args.threads} threads, "
-          f"{len(items)} images, {args.requests} requests per level", flush=True)
-    detector = rapidocr_detector(pair, args.threads)
-    for c in levels:
-        wall, res = run_rapidocr(detector, pair, items, c, max(args.requests, c))
-        table[("rapidocr", c)] = summary(wall, res)
-        boxes.setdefault("rapidocr", {}).update({i % len(items): r[1] for i, r in enumerate(res)})
-    del detector
-    for name, batching in (("service", True), ("service-nobatch", False)):
-        service = Service(pair, args.threads, batching, log_dir)
-        try:
-            for c in levels:
-                wall, res = run_service(service, items, c, max(args.requests, c))
-                table[(name, c)] = summary(wall, res)
-                if c == 8 or c == levels[-1]:
-                    boxes.setdefault(f"{name}@{c}", {}).update({i % len(items): r[1] for i, r in enumerate(res)})
-        finally:
-            service.stop()
+    try:
+        for c in levels:
+            for run in runners.values():  # warm-up pass: every shape and batch size the level will see
+                run(c, max(len(items), c))
+            walls = {name: 0.0 for name in runners}
+            results: dict[str, list] = {name: [] for name in runners}
+            per_round = max(c, -(-args.requests // args.rounds))
+            for _ in range(args.rounds):  # interleaved, so drifts in machine load hit every system alike
+                for name, run in runners.items():
+                    wall, res = run(c, per_round)
+                    walls[name] += wall
+                    results[name] += res
+            for name in runners:
+                table[(name, c)] = summary(walls[name], results[name])
+                key = name if name == "rapidocr" else f"{name}@{c}"
+                boxes.setdefault(key, {}).update({i % len(items): r[1] for i, r in enumerate(results[name])})
+    finally:
+        for svc in services.values():
+            svc.stop()
 
     print(f"{'system':<17}{'conc':>5}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
     for (name, c), s in table.items():
@@ -219,12 +224,13 @@ def main() -> None:
     parser.add_argument("--pair", choices=["paddle", "onnx", "both"], default="paddle")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level (at least c)")
+    parser.add_argument("--requests", type=int, default=32, help="requests per system and level (at least c)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds the requests are split into")
     parser.add_argument("--smoke", action="store_true", help="one tiny image, few requests: checks the script")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # RapidOCR configures the root logger at INFO
     if args.smoke:
-        args.concurrency, args.requests = "1,2", 2
+        args.concurrency, args.requests, args.rounds = "1,2", 2, 1
     items = corpus(args.smoke)
     with tempfile.TemporaryDirectory(prefix="detect-bench-") as tmp:
         for pair in (["paddle", "onnx"] if args.pair == "both" else [args.pair]):

@@ -87,6 +87,7 @@ class DynamicBatcher:
         max_queue_images: int = 256,
         bucket_sides: Sequence[int] = (320, 480, 640, 800, 960),
         pad_to_buckets: bool = False,
+        pow2_batches: bool = True,
         engine_workers: int = 1,
         warmup: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
@@ -97,6 +98,10 @@ class DynamicBatcher:
         self.max_queue_images = max_queue_images
         self.bucket_sides = sorted(bucket_sides)
         self.pad_to_buckets = pad_to_buckets
+        # Engines compile per input shape (oneDNN primitives, cuDNN plans, TensorRT profiles): batches of 1, 2, 4,
+        # 8... only keep that set small. A batch takes the largest allowed size that the queue can fill.
+        self.batch_sizes = sorted({min(2**i, max_batch_size) for i in range(max_batch_size.bit_length())}
+                                  | {max_batch_size}) if pow2_batches else list(range(1, max_batch_size + 1))
         self.engine_workers = engine_workers
         self.warmup = warmup
         self.on_batch = on_batch
@@ -216,7 +221,8 @@ class DynamicBatcher:
 
     def _take(self, shape: Shape) -> _Job:
         q = self._pending[shape]
-        items = [q.popleft() for _ in range(min(len(q), self.max_batch_size))]
+        size = max(n for n in self.batch_sizes if n <= len(q))
+        items = [q.popleft() for _ in range(size)]
         if not q:
             del self._pending[shape]
         self._queued -= len(items)

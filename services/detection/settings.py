@@ -37,6 +37,7 @@ class DetectionSettings(BaseSettings):
     cpu_threads: int = Field(0, ge=0)  # 0: every core
     engine_workers: int = Field(1, ge=1, le=16)  # threads running the engine, one predictor each
     paddle_onednn: bool = True
+    onednn_cache_capacity: int = Field(256, ge=1)  # input shapes whose oneDNN primitives stay cached
     use_tensorrt: bool = False
     trt_precision: Literal["fp32", "fp16", "int8"] = "fp16"
     trt_cache_dir: Path = Path.home() / ".cache" / "detbooth" / "trt"
@@ -48,6 +49,7 @@ class DetectionSettings(BaseSettings):
 
     # --- batching
     max_batch_size: int = Field(8, ge=1, le=256)
+    pow2_batches: bool = True  # batch sizes 1, 2, 4, 8, ...: fewer shapes for engines to compile and cache
     max_queue_delay_ms: float = Field(4.0, ge=0, le=1000)
     max_queue_images: int = Field(256, ge=1)
     # exact: a batch holds images of one resized shape, unpadded, so every box equals PaddleOCR's (PP-OCR nets

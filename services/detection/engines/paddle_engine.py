@@ -45,7 +45,7 @@ def config_calls(program: Path, settings: DetectionSettings, bucket: Shape | Non
         # (ConvertPirAttribute2RuntimeAttribute, e.g. an interpolate's double scales): oneDNN for .pdmodel only.
         if settings.paddle_onednn and program.suffix == ".pdmodel":
             calls += [("enable_mkldnn", (), {}),
-                      ("set_mkldnn_cache_capacity", (max(10, 2 * len(settings.bucket_sides) ** 2),), {})]
+                      ("set_mkldnn_cache_capacity", (settings.onednn_cache_capacity,), {})]
         else:
             calls.append(("disable_mkldnn", (), {}))  # Paddle's CPU build turns it on by default
         return calls

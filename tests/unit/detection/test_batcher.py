@@ -203,5 +203,21 @@ def test_exact_mode_batches_only_identical_shapes_without_padding():
         return results
 
     results = run(main())
-    assert sorted(engine.calls) == sorted([(3, 3, 64, 96), (2, 3, 96, 64), (1, 3, 32, 32)])
+    assert sorted(engine.calls) == sorted([(2, 3, 64, 96), (1, 3, 64, 96), (2, 3, 96, 64), (1, 3, 32, 32)])
     assert [r[0].shape for r in results] == shapes
+
+
+def test_batch_sizes_are_powers_of_two_by_default():
+    engine = MeanEngine(delay_s=0.05)
+
+    async def main():
+        b = DynamicBatcher(engine, max_batch_size=8, max_queue_delay_ms=50, bucket_sides=[32], warmup=False)
+        assert b.batch_sizes == [1, 2, 4, 8]
+        await b.start()
+        await asyncio.gather(*(b.infer(tensor(32, 32, i), 10) for i in range(7)))
+        await b.stop()
+
+    run(main())
+    assert sorted(c[0] for c in engine.calls) == [1, 2, 4]  # 7 queued: 4 + 2 + 1
+    assert DynamicBatcher(MeanEngine(), max_batch_size=6).batch_sizes == [1, 2, 4, 6]
+    assert DynamicBatcher(MeanEngine(), max_batch_size=3, pow2_batches=False).batch_sizes == [1, 2, 3]
