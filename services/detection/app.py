@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .errors import ProblemError, install_error_handlers
+from .errors import BodyLimit, ProblemError, install_error_handlers
 from .request_parsing import read_detect_request
 from .schemas import DetectResponse, Problem
 from .service import DetectionService
@@ -57,6 +57,7 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
     app = FastAPI(title="DetBooth text detection", version="1", lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app, settings.retry_after_s)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
 
     @app.post("/v1/detect", response_model=DetectResponse, openapi_extra=DETECT_BODY, responses=PROBLEMS)
     async def detect(request: Request, service: Service) -> DetectResponse:

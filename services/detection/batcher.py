@@ -285,6 +285,10 @@ class DynamicBatcher:
     def _assemble(job: _Job) -> np.ndarray:
         """One tensor of the bucket's shape; padding is 0, the value every normalised pixel of mean colour has."""
         h, w = job.bucket
+        if all(item.tensor.shape[1:] == (h, w) for item in job.items):  # exact shapes: one copy, or none
+            if len(job.items) == 1:
+                return job.items[0].tensor[None]
+            return np.stack([item.tensor for item in job.items])
         batch = np.zeros((len(job.items), 3, h, w), dtype=np.float32)
         for i, item in enumerate(job.items):
             batch[i, :, : item.tensor.shape[1], : item.tensor.shape[2]] = item.tensor

@@ -26,6 +26,34 @@ class ProblemError(Exception):
         self.errors, self.headers = errors, headers
 
 
+class BodyTooLarge(ProblemError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "request-too-large", "Request too large", f"the body is over {limit} bytes")
+
+
+class BodyLimit:
+    """ASGI middleware: a body longer than ``limit`` bytes fails while it is read, Content-Length or not."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
 def problem(status: int, slug: str, title: str, detail: str | None = None, errors: list[dict] | None = None,
             headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"type": f"urn:detbooth:problem:{slug}", "title": title, "status": status}

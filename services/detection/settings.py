@@ -35,9 +35,11 @@ class DetectionSettings(BaseSettings):
     device: Literal["cpu", "gpu"] = "cpu"
     gpu_id: int = Field(0, ge=0)
     cpu_threads: int = Field(0, ge=0)  # 0: every core
-    engine_workers: int = Field(1, ge=1, le=16)  # threads running the engine, one predictor each
+    engine_workers: int = Field(2, ge=1, le=16)  # engine threads (one Paddle predictor each): one batch's
+    # copies and bookkeeping overlap another's compute
     paddle_onednn: bool = True
     onednn_cache_capacity: int = Field(256, ge=1)  # input shapes whose oneDNN primitives stay cached
+    ort_spin: bool = False  # let onnxruntime's idle threads spin (faster alone, slower beside the CPU pool)
     use_tensorrt: bool = False
     trt_precision: Literal["fp32", "fp16", "int8"] = "fp16"
     trt_cache_dir: Path = Path.home() / ".cache" / "detbooth" / "trt"

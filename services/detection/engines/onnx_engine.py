@@ -51,6 +51,9 @@ class OnnxEngine(Engine):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if not self.settings.ort_spin:
+            # idle intra-op threads spin by default, taking the cores that decode/post-process share with them
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = select_providers(ort.get_available_providers(), self.settings)
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name

@@ -79,3 +79,19 @@ def test_sigterm_finishes_in_flight_requests(tmp_path):
     assert [getattr(o, "status_code", o) for o in outcomes] == [200] * 6
     assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a graceful shutdown
     assert "Application shutdown complete" in server.log()
+
+
+def test_request_body_limit_holds_without_content_length(start_detection):
+    server = start_detection(max_request_bytes="200000", bucket_sides="[320]")
+    big = os.urandom(300_000)
+
+    def chunks():
+        for i in range(0, len(big), 50_000):
+            yield big[i:i + 50_000]
+
+    r = httpx.post(f"{server.url}/v1/detect", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["type"] == "urn:detbooth:problem:request-too-large"
+    r = httpx.post(f"{server.url}/v1/detect", files=[("images", ("a.bin", big))])  # with Content-Length
+    assert r.status_code == 413
+    img = encode(render_lines(1, 160, 96, lines=1)[0])
+    assert httpx.post(f"{server.url}/v1/detect", files=[("images", ("a.png", img))], timeout=60).status_code == 200
