@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .errors import BodyLimit, ProblemError, install_error_handlers
+from .errors import BodyLimit, ProblemError, install_error_handlers, status_of
 from .request_parsing import read_detect_request
 from .schemas import DetectResponse, Problem
 from .service import DetectionService
@@ -70,8 +70,8 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
             images, params = await read_detect_request(request, settings)
             results = await service.detector.detect(images, params)
             status = 200
-        except ProblemError as exc:
-            status = exc.status
+        except Exception as exc:
+            status = status_of(exc)
             raise
         finally:
             service.metrics.requests.labels(str(status)).inc()

@@ -64,6 +64,19 @@ def problem(status: int, slug: str, title: str, detail: str | None = None, error
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def status_of(exc: Exception) -> int:
+    """The HTTP status the handlers below answer an exception with (for metrics)."""
+    if isinstance(exc, ProblemError):
+        return exc.status
+    if isinstance(exc, InvalidImage):
+        return exc.error.status
+    if isinstance(exc, (QueueFull, ShuttingDown)):
+        return 503
+    if isinstance(exc, DeadlineExceeded):
+        return 504
+    return 500
+
+
 def validation_errors(exc: ValidationError | RequestValidationError, prefix: tuple = ()) -> list[dict]:
     raw = exc.errors(include_url=False, include_context=False) if isinstance(exc, ValidationError) else exc.errors()
     return [{"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")} for e in raw]

@@ -242,9 +242,13 @@ def test_a_bad_image_among_good_ones_names_its_index(detection):
 
 
 def test_metrics(detection):
-    post(detection.url, [encode(render_lines(2, 96, 64, lines=1)[0])])
+    good = encode(render_lines(2, 96, 64, lines=1)[0])
+    for images in ([good], [b""], [b"%PDF-1.4"], [good] * 17):  # 200, 422, 415, 413
+        post(detection.url, images)
     text = httpx.get(f"{detection.url}/metrics").text
     for name in ("detection_requests_total", "detection_request_seconds_bucket", "detection_batch_size_bucket",
                  "detection_queue_depth", "detection_engine_seconds_bucket", "detection_images_total"):
         assert name in text
-    assert 'detection_requests_total{status="200"}' in text and 'detection_requests_total{status="415"}' in text
+    for status in ("200", "413", "415", "422"):
+        assert f'detection_requests_total{{status="{status}"}}' in text
+    assert 'detection_requests_total{status="500"}' not in text
