@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,9 +11,10 @@ from services.detection.engines import create_engine
 from services.detection.engines.onnx_engine import OnnxEngine, select_providers
 from services.detection.engines.paddle_engine import PaddleEngine, build_config, config_calls
 from services.detection.models import ResolvedModel
+from services.detection.postprocess import DBPostProcessor, PostprocessConfig
 from services.detection.preprocess import NormalizeConfig, ResizeConfig, preprocess
 from services.detection.settings import DetectionSettings
-from tests.detection_support import V4_PADDLE_DIR, V5_MOBILE_ONNX, render_lines
+from tests.detection_support import V4_PADDLE_DIR, V5_MOBILE_ONNX, canonical, render_lines
 
 CPU = DetectionSettings(_env_file=None, cpu_threads=1)
 
@@ -41,6 +43,36 @@ def test_paddle_and_onnxruntime_agree_on_the_same_model(twins):
     assert a.shape == b.shape == (3, 224, 320)
     assert np.ptp(a) > 0.5  # not a constant map
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def v4_onnx(tmp_path_factory) -> Path:
+    """PP-OCRv4 mobile det's own Paddle program and weights, translated op by op to ONNX (paddle_to_onnx.py)."""
+    out = tmp_path_factory.mktemp("v4") / "ch_PP-OCRv4_det.onnx"
+    subprocess.run([sys.executable, str(Path(__file__).with_name("paddle_to_onnx.py")), str(V4_PADDLE_DIR), str(out)],
+                   check=True, capture_output=True, env={**os.environ, "FLAGS_enable_pir_api": "0"})
+    return out
+
+
+def test_paddle_and_onnxruntime_agree_on_pp_ocrv4(v4_onnx):
+    import cv2
+    import skimage.data
+
+    paddle_engine, onnx_engine = PaddleEngine(V4_PADDLE_DIR, CPU), OnnxEngine(v4_onnx, CPU)
+    paddle_engine.load([], 4)
+    onnx_engine.load([], 4)
+    post = DBPostProcessor(PostprocessConfig())
+    images = [render_lines(seed, 480, 320)[0] for seed in range(3)]
+    images.append(cv2.cvtColor(skimage.data.page(), cv2.COLOR_GRAY2BGR))
+    found = 0
+    for image in images:
+        batch = preprocess(image, ResizeConfig(960, "resize_long"), NormalizeConfig())[None]
+        a, b = paddle_engine.infer(batch)[0], onnx_engine.infer(batch)[0]
+        np.testing.assert_allclose(a, b, atol=2e-4)
+        boxes_a, boxes_b = post(a, image.shape[:2]), post(b, image.shape[:2])
+        assert [canonical(x.points) for x in boxes_a] == [canonical(x.points) for x in boxes_b]
+        found += len(boxes_a)
+    assert found >= 15
 
 
 def test_paddle_engine_on_pp_ocrv4(tmp_path):
