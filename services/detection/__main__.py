@@ -1,0 +1,30 @@
+"""``python -m services.detection``: serve on $DETBOOTH_DETECTION_HOST:$DETBOOTH_DETECTION_PORT (127.0.0.1:8001).
+
+``--fd N`` serves on an already bound socket instead (tests use it to get a free port without a race)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from .app import create_app
+from .settings import DetectionSettings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.detection")
+    parser.add_argument("--fd", type=int, default=None, help="serve on this inherited, bound socket")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = DetectionSettings()
+    app = create_app(settings)
+    if args.fd is not None:
+        uvicorn.run(app, fd=args.fd, log_level="info", timeout_graceful_shutdown=30)
+    else:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    main()

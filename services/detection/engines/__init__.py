@@ -1,0 +1,38 @@
+"""Engines behind one interface (``load``, ``infer``), and the factory that picks one for a model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Engine
+
+if TYPE_CHECKING:
+    from ..models import ResolvedModel
+    from ..settings import DetectionSettings
+
+DEFAULT_ENGINE = {"paddle": "paddle", "onnx": "onnxruntime", "torch": "torch"}
+
+
+def create_engine(model: "ResolvedModel", settings: "DetectionSettings") -> Engine:
+    kind = DEFAULT_ENGINE[model.format] if settings.engine == "auto" else settings.engine
+    if kind == "torch":
+        from ..models import TORCH_ARCHITECTURES
+        from .torch_engine import TorchEngine
+
+        architecture = TORCH_ARCHITECTURES.get(model.name, model.name)
+        weights = model.path if model.format == "torch" else None
+        return TorchEngine(architecture, weights, settings)
+    if kind == "paddle":
+        if model.format != "paddle":
+            raise ValueError(f"the paddle engine needs a Paddle model folder; {model.path} is {model.format}")
+        from .paddle_engine import PaddleEngine
+
+        return PaddleEngine(model.path, settings)
+    if model.format != "onnx":
+        raise ValueError(f"the onnxruntime engine needs an .onnx file; {model.path} is {model.format}")
+    from .onnx_engine import OnnxEngine
+
+    return OnnxEngine(model.path, settings)
+
+
+__all__ = ["Engine", "create_engine"]

@@ -1,0 +1,68 @@
+"""ONNX Runtime engine: TensorRT, CUDA or CPU execution providers, chosen by availability and settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..settings import DetectionSettings
+from .base import Engine, Shape, as_prob_maps
+
+
+def select_providers(available: Sequence[str], settings: DetectionSettings) -> list:
+    """Execution providers in preference order; GPU ones only when the device is gpu and the build has them."""
+    providers: list = []
+    if settings.device == "gpu":
+        if settings.use_tensorrt and "TensorrtExecutionProvider" in available:
+            settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+            providers.append(("TensorrtExecutionProvider", {
+                "device_id": settings.gpu_id,
+                "trt_fp16_enable": settings.trt_precision == "fp16",
+                "trt_int8_enable": settings.trt_precision == "int8",
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(settings.trt_cache_dir),
+                "trt_min_subgraph_size": settings.trt_min_subgraph_size,
+                "trt_max_workspace_size": settings.trt_workspace_mb << 20,
+            }))
+        if "CUDAExecutionProvider" in available:
+            providers.append(("CUDAExecutionProvider", {"device_id": settings.gpu_id}))
+        if not providers:
+            raise RuntimeError(f"device=gpu but onnxruntime has only {list(available)}; install onnxruntime-gpu")
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class OnnxEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, settings: DetectionSettings) -> None:
+        self.path = path
+        self.settings = settings
+        self.session = None
+
+    def load(self, buckets: Sequence[Shape], max_batch_size: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.settings.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if not self.settings.ort_spin:
+            # idle intra-op threads spin by default, taking the cores that decode/post-process share with them
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = select_providers(ort.get_available_providers(), self.settings)
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:  # InferenceSession.run is thread-safe
+        output = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return as_prob_maps(output)
+
+    def describe(self) -> dict[str, object]:
+        providers = self.session.get_providers() if self.session else []
+        return {"engine": self.name, "device": self.settings.device, "providers": providers,
+                "threads": self.settings.threads}

@@ -1,0 +1,84 @@
+"""Read a detect request (multipart ``images`` files + form params, or JSON base64) into bytes + params."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from .errors import ProblemError, validation_errors
+from .schemas import DetectJSONRequest, DetectParams
+from .settings import DetectionSettings
+
+
+def _too_many(count: int, limit: int) -> ProblemError:
+    return ProblemError(413, "too-many-images", "Too many images",
+                        f"{count} images in one request; the limit is {limit}")
+
+
+def _invalid(errors: list[dict], detail: str = "the request has invalid fields") -> ProblemError:
+    return ProblemError(422, "validation-error", "Invalid request", detail, errors)
+
+
+def _params(raw: dict, prefix: tuple) -> DetectParams:
+    try:
+        return DetectParams.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid(validation_errors(exc, prefix)) from exc
+
+
+async def read_detect_request(request: Request, settings: DetectionSettings) -> tuple[list[bytes], DetectParams]:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
+        raise ProblemError(413, "request-too-large", "Request too large",
+                           f"the body is {length} bytes; the limit is {settings.max_request_bytes}")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request, settings)
+    if content_type in ("application/json", "") or content_type.endswith("+json"):
+        return await _read_json(request, settings)
+    raise ProblemError(415, "unsupported-media-type", "Unsupported media type",
+                       f"send multipart/form-data with 'images' files or application/json, not {content_type}")
+
+
+async def _read_multipart(request: Request, settings: DetectionSettings) -> tuple[list[bytes], DetectParams]:
+    limit = settings.max_images_per_request
+    try:
+        form = await request.form(max_files=limit * 4 + 8, max_fields=64)
+    except MultiPartException as exc:
+        if "files" in str(exc).lower():
+            raise _too_many(limit * 4 + 8, limit) from exc
+        raise ProblemError(400, "bad-multipart", "Malformed multipart body", str(exc)) from exc
+    images = form.getlist("images")
+    if not images:
+        raise _invalid([{"loc": ["body", "images"], "msg": "at least one file is required", "type": "missing"}],
+                       "no 'images' files in the form")
+    if any(not isinstance(f, UploadFile) for f in images):
+        raise _invalid([{"loc": ["body", "images"], "msg": "must be files, not text fields", "type": "file_type"}])
+    if len(images) > limit:
+        raise _too_many(len(images), limit)
+    raw = {k: v for k, v in form.multi_items() if k != "images"}
+    params = _params(raw, ("body",))
+    return [await f.read() for f in images], params
+
+
+async def _read_json(request: Request, settings: DetectionSettings) -> tuple[list[bytes], DetectParams]:
+    body = await request.body()
+    try:
+        parsed = DetectJSONRequest.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        raise _invalid(validation_errors(exc, ("body",))) from exc
+    if len(parsed.images) > settings.max_images_per_request:
+        raise _too_many(len(parsed.images), settings.max_images_per_request)
+    images = []
+    for i, text in enumerate(parsed.images):
+        payload = text.split(",", 1)[1] if text.startswith("data:") else text
+        try:
+            images.append(base64.b64decode(payload, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise _invalid([{"loc": ["body", "images", i], "msg": "not valid base64", "type": "base64"}]) from exc
+    return images, parsed.params

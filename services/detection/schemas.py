@@ -1,0 +1,55 @@
+"""Request and response models of the detection API (the gateway passes the response through unchanged)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DetectParams(BaseModel):
+    """Per-request overrides of the model's pre/post-processing settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit_side_len: int | None = Field(None, ge=32, le=4096,
+                                       description="DetResizeForTest side limit (pixels; capped by max_side_limit)")
+    limit_type: Literal["min", "max", "resize_long"] | None = None
+    thresh: float | None = Field(None, ge=0.0, le=1.0, description="binarisation threshold of the prob map")
+    box_thresh: float | None = Field(None, ge=0.0, le=1.0, description="minimum mean probability inside a box")
+    unclip_ratio: float | None = Field(None, gt=0.0, le=10.0, description="how far boxes grow around the text")
+    box_type: Literal["quad", "poly"] | None = None
+
+
+class DetectJSONRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(..., min_length=1, description="base64-encoded image files (data: URLs allowed)")
+    params: DetectParams = Field(default_factory=DetectParams)
+
+
+class Box(BaseModel):
+    points: list[list[int]] = Field(..., description="[[x, y], ...] in source-image pixels; quads are tl,tr,br,bl")
+    score: float
+
+
+class ImageResult(BaseModel):
+    width: int
+    height: int
+    boxes: list[Box]
+    timing_ms: dict[str, float]
+
+
+class DetectResponse(BaseModel):
+    model: str
+    results: list[ImageResult]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[dict] | None = None

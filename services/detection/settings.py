@@ -1,0 +1,104 @@
+"""The detection service's one settings class (environment prefix ``DETBOOTH_DETECTION_``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PADDLEX_MODEL_URL = (
+    "https://paddle-model-ecology.bj.bcebos.com/paddlex/official_inference_model/paddle3.0.0/{name}_infer.tar"
+)
+
+
+class DetectionSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DETBOOTH_DETECTION_", protected_namespaces=())
+
+    # --- serving
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=0, le=65535)
+
+    # --- model resolution: configured folder -> PaddleX cache -> download -> PyPI-shipped fallback
+    model: str = "PP-OCRv5_server_det"
+    model_dir: Path | None = None  # a PaddleX model folder, or an .onnx file / folder holding one
+    paddlex_cache_dir: Path = Path.home() / ".paddlex" / "official_models"
+    allow_download: bool = True
+    download_url: str = PADDLEX_MODEL_URL  # "{name}" is replaced; file:// URLs work too
+    download_timeout_s: float = Field(15.0, gt=0)
+    allow_fallback: bool = True
+
+    # --- engine
+    engine: Literal["auto", "paddle", "onnxruntime", "torch"] = "auto"
+    device: Literal["cpu", "gpu"] = "cpu"
+    gpu_id: int = Field(0, ge=0)
+    cpu_threads: int = Field(0, ge=0)  # 0: every core
+    engine_workers: int = Field(2, ge=1, le=16)  # engine threads (one Paddle predictor each): one batch's
+    # copies and bookkeeping overlap another's compute
+    paddle_onednn: bool = True
+    onednn_cache_capacity: int = Field(256, ge=1)  # input shapes whose oneDNN primitives stay cached
+    ort_spin: bool = False  # let onnxruntime's idle threads spin (faster alone, slower beside the CPU pool)
+    use_tensorrt: bool = False
+    trt_precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    trt_cache_dir: Path = Path.home() / ".cache" / "detbooth" / "trt"
+    trt_min_subgraph_size: int = Field(15, ge=1)
+    trt_workspace_mb: int = Field(1024, ge=64)
+    torch_fp16: bool = True
+    torch_channels_last: bool = True
+    torch_random_weights: bool = False  # benchmarking an architecture without its weights
+
+    # --- batching
+    max_batch_size: int = Field(8, ge=1, le=256)
+    pow2_batches: bool = True  # batch sizes 1, 2, 4, 8, ...: fewer shapes for engines to compile and cache
+    max_queue_delay_ms: float = Field(4.0, ge=0, le=1000)
+    max_queue_images: int = Field(256, ge=1)
+    # exact: a batch holds images of one resized shape, unpadded, so every box equals PaddleOCR's (PP-OCR nets
+    # have squeeze-excitation / global pooling, so padding changes the whole probability map, not just its edge).
+    # padded: shapes round up to the bucket_sides grid (fewer shapes, fuller batches; suits TensorRT engines).
+    # Either way bucket_sides x bucket_sides are the shapes warmed up before /readyz says ready.
+    bucket_mode: Literal["exact", "padded"] = "exact"
+    bucket_sides: list[int] = [320, 480, 640, 800, 960]
+    warmup: bool = True
+    request_timeout_s: float = Field(60.0, gt=0)
+    retry_after_s: int = Field(1, ge=1)
+    cpu_pool_workers: int = Field(0, ge=0)  # decode/resize/post-process threads; 0: cores + 2
+
+    # --- input limits
+    max_images_per_request: int = Field(16, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+    # --- pre/post-processing defaults (a model's inference.yml overrides the ones it names)
+    limit_side_len: int | None = Field(None, ge=32)
+    limit_type: Literal["min", "max", "resize_long"] | None = None
+    max_side_limit: int = Field(4000, ge=32)
+    thresh: float | None = Field(None, ge=0, le=1)
+    box_thresh: float | None = Field(None, ge=0, le=1)
+    unclip_ratio: float | None = Field(None, gt=0)
+    max_candidates: int | None = Field(None, ge=1)
+    use_dilation: bool | None = None
+    score_mode: Literal["fast", "slow"] | None = None
+    box_type: Literal["quad", "poly"] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> DetectionSettings:
+        bad = [s for s in self.bucket_sides if s < 32 or s % 32]
+        if not self.bucket_sides or bad:
+            raise ValueError(f"bucket_sides must be positive multiples of 32, got {self.bucket_sides}")
+        if self.max_side_limit % 32:
+            raise ValueError("max_side_limit must be a multiple of 32 (PaddleOCR rounds sides to 32)")
+        if self.use_tensorrt and self.device != "gpu":
+            raise ValueError("use_tensorrt needs DETBOOTH_DETECTION_DEVICE=gpu")
+        if self.max_queue_images < self.max_batch_size:
+            raise ValueError("max_queue_images must be at least max_batch_size")
+        return self
+
+    @property
+    def threads(self) -> int:
+        return self.cpu_threads or os.cpu_count() or 1
+
+    @property
+    def pool_workers(self) -> int:
+        return self.cpu_pool_workers or (os.cpu_count() or 1) + 2
