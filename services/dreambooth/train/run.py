@@ -2,6 +2,7 @@
 `workdir/checkpoints`, fit, and export. Knows nothing of jobs, Redis or Celery (see `train/job.py`)."""
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ from services.dreambooth.train.module import DreamBoothModule
 
 log = logging.getLogger(__name__)
 
+# the frozen VAE (and text encoder) stay in eval mode on purpose
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
+
 
 @dataclass
 class TrainResult:
@@ -47,6 +51,17 @@ class RunHooks:
     should_cancel: Callable[[], bool] | None = None
     callbacks: list[pl.Callback] = field(default_factory=list)
     progress_interval_s: float = 0.5
+
+
+class SamplesDone:
+    """Samples each device has trained on so far (a picklable callable, so DDP spawn can ship it)."""
+
+    def __init__(self, module: pl.LightningModule, samples_per_step: int):
+        self.module = module
+        self.samples_per_step = samples_per_step
+
+    def __call__(self) -> int:
+        return self.module.global_step * self.samples_per_step
 
 
 def resolve_precision(requested: str, accelerator: str) -> str:
@@ -104,15 +119,15 @@ def train_dreambooth(config: FinetuneConfig, base_model: Path, instance_images: 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     module = DreamBoothModule(config, base_model)
     tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer")
-    samples_per_step = config.train_batch_size * config.gradient_accumulation_steps
     if config.with_prior_preservation and not class_images:
         raise ValueError("with_prior_preservation needs class images")
+    samples_per_step = config.train_batch_size * config.gradient_accumulation_steps
     stream = DreamBoothStream(
         instance_images, tokenize(tokenizer, config.instance_prompt), resolution=config.resolution,
         seed=config.seed, center_crop=config.center_crop, random_flip=config.random_flip,
         class_images=class_images if config.with_prior_preservation else (),
         class_prompt_ids=tokenize(tokenizer, config.class_prompt) if config.with_prior_preservation else None,
-        start=lambda: module.global_step * samples_per_step,
+        start=SamplesDone(module, samples_per_step),
     )
     loader = torch.utils.data.DataLoader(stream, batch_size=config.train_batch_size, collate_fn=collate,
                                          num_workers=0)
