@@ -50,6 +50,7 @@ class RunHooks:
     on_progress: ProgressFn | None = None
     should_cancel: Callable[[], bool] | None = None
     callbacks: list[pl.Callback] = field(default_factory=list)
+    on_checkpoint: Callable[[Path, list[Path]], None] | None = None  # (saved, pruned) after each save
     progress_interval_s: float = 0.5
 
 
@@ -133,7 +134,8 @@ def train_dreambooth(config: FinetuneConfig, base_model: Path, instance_images: 
                                          num_workers=0)
 
     ckpt_dir = workdir / "checkpoints"
-    checkpoints = CheckpointEvery(ckpt_dir, config.checkpoint_every, config.keep_last_checkpoints)
+    checkpoints = CheckpointEvery(ckpt_dir, config.checkpoint_every, config.keep_last_checkpoints,
+                                  on_saved=hooks.on_checkpoint)
     cancel = CancelWatcher(hooks.should_cancel or (lambda: False))
     # order matters: a step's reports and caller hooks run before its checkpoint, the cancel check last
     callbacks: list[pl.Callback] = [*hooks.callbacks, checkpoints, cancel]

@@ -122,7 +122,8 @@ def _pred(module: DreamBoothModule, batch: dict) -> torch.Tensor:
 def test_vae_unchanged_and_full_export_loads(tiny_sd, instance_images, class_images, tmp_path):
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-    cfg = make_config(method="full", train_text_encoder=True, learning_rate=1e-3, max_train_steps=3)
+    cfg = make_config(method="full", train_text_encoder=True, learning_rate=1e-3, max_train_steps=3,
+                      gradient_checkpointing=True, prediction_type="v_prediction")
     result = train_dreambooth(cfg, tiny_sd, instance_images, tmp_path, class_images=class_images)
     module = result.module
     assert not module.vae.training and all(not p.requires_grad for p in module.vae.parameters())
@@ -141,6 +142,7 @@ def test_vae_unchanged_and_full_export_loads(tiny_sd, instance_images, class_ima
     base_te = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None).text_encoder.state_dict()
     assert any(not torch.equal(v, base_te[k]) for k, v in pipe.text_encoder.state_dict().items())
     assert (result.model_path / "DETBOOTH_RANDOM_TEST_MODEL").exists()
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # trained with an override: saved with it
 
 
 @pytest.mark.parametrize("train_text_encoder", [False, True])
