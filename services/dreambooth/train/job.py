@@ -52,7 +52,7 @@ def load_instance_images(job: Job, artifacts: ArtifactStore, config: FinetuneCon
     for i, key in enumerate(keys):
         try:
             with artifacts.open(key) as fh:
-                images.append(load_training_image(fh, min_side=config.resolution // 2, name=f"image {i}"))
+                images.append(load_training_image(fh, min_side=config.min_image_side, name=f"image {i}"))
         except FileNotFoundError:
             raise JobFailed("invalid_input", f"image {i} ({key}) is missing from the artifact store") from None
         except BadImage as e:
