@@ -88,6 +88,9 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
     from services.dreambooth.train.run import RunHooks, train_dreambooth
 
     config = job_config(job, artifacts)
+    if config.devices > 1:
+        raise JobFailed("invalid_config", "devices: the Celery worker trains on one GPU (run one worker per GPU); "
+                                          "multi-GPU DDP runs through `python -m services.dreambooth.train`")
     if config.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         raise JobFailed("invalid_config", "use_8bit_adam: bitsandbytes is not installed on this worker "
                                           "(pip install bitsandbytes, CUDA only), or set use_8bit_adam to false")

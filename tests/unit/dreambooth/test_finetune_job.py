@@ -154,13 +154,14 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     assert any("/logs/csv-resumed-at-step-" in k for k in logs)
 
 
-def test_invalid_config_fails_with_a_message_naming_the_field(env):
+@pytest.mark.parametrize("patch, field", [({"resolution": 100}, "resolution"), ({"devices": 2}, "devices")])
+def test_invalid_config_fails_with_a_message_naming_the_field(env, patch, field):
     store, artifacts, _ = env
-    job = create_job(store, artifacts, {**CONFIG, "resolution": 100})
+    job = create_job(store, artifacts, {**CONFIG, **patch})
     tasks.finetune(job.id)
     job = store.get(job.id)
     assert job.status == JobStatus.failed
-    assert job.error.code == "invalid_config" and "resolution" in job.error.message
+    assert job.error.code == "invalid_config" and field in job.error.message
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
