@@ -19,9 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
-from train_bench import run_cases  # noqa: E402
+import torch
+from train_bench import run_cases
 
 
 def build_sd15_random(out_dir: Path) -> Path:

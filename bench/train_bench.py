@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
 
-from services.dreambooth.config import FinetuneConfig  # noqa: E402
+from services.dreambooth.config import FinetuneConfig
 
 WARMUP_STEPS = 2
 

@@ -3,7 +3,6 @@
 import multiprocessing
 
 import numpy as np
-
 from PIL import Image
 
 from services.dreambooth.class_images import cache_key, ensure_class_images

@@ -22,7 +22,7 @@ def test_cli_trains_with_ddp_on_two_cpu_processes(tiny_sd, instance_images, tmp_
         [sys.executable, "-m", "services.dreambooth.train", "--config", str(tmp_path / "cfg.yaml"),
          "--images", str(images), "--workdir", str(work), "--base-model", str(tiny_sd),
          "--data-dir", str(tmp_path / "data"), "--devices", "2", "--accelerator", "cpu"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "world_size: 2" in out.stderr or "distributed_backend=gloo" in out.stderr, out.stderr[-3000:]
