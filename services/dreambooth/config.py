@@ -173,6 +173,11 @@ class FinetuneConfig(BaseModel):
             )
         return self
 
+    @property
+    def min_image_side(self) -> int:
+        """The shortest side an instance image needs (at most 2x upscaling to `resolution`)."""
+        return self.resolution // 2
+
     # resolved values ---------------------------------------------------------------------------------
     def resolved(self, *, seed: int | None = None) -> "FinetuneConfig":
         """A copy with every default that depends on other fields filled in (what the job saves)."""

@@ -119,10 +119,13 @@ class DreamBoothStream(torch.utils.data.IterableDataset):
         return ex
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        k = self.start() * self.world_size + self.rank
+        rank, world_size = self.rank, self.world_size
+        if world_size == 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()  # DDP
+        k = self.start() * world_size + rank
         while True:
             yield self.example(k)
-            k += self.world_size
+            k += world_size
 
 
 def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

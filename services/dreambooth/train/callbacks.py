@@ -206,10 +206,12 @@ class CheckpointEvery(pl.Callback):
     """Saves the full training state as `step-NNNNNN.ckpt` every `every` optimizer steps and keeps the newest
     `keep` (ModelCheckpoint's top-k bookkeeping forgets files written outside it, e.g. on cancel)."""
 
-    def __init__(self, folder: Path, every: int, keep: int):
+    def __init__(self, folder: Path, every: int, keep: int,
+                 on_saved: Callable[[Path, list[Path]], None] | None = None):
         self.folder = Path(folder)
         self.every = every
         self.keep = keep
+        self.on_saved = on_saved  # (new checkpoint, pruned ones): e.g. mirror them to a remote store
         self._last_saved = -1
 
     def path_for(self, step: int) -> Path:
@@ -222,7 +224,9 @@ class CheckpointEvery(pl.Callback):
             trainer.save_checkpoint(path)
             self._last_saved = step
             if trainer.is_global_zero:
-                prune_checkpoints(self.folder, self.keep)
+                gone = prune_checkpoints(self.folder, self.keep)
+                if self.on_saved is not None:
+                    self.on_saved(path, gone)
         return path
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

@@ -47,6 +47,8 @@ def export_full(module: DreamBoothModule, out_dir: Path) -> Path:
         module.base_model, unet=module.unet, text_encoder=module.text_encoder, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False,
     )
+    if pipe.scheduler.config.get("prediction_type") != module.prediction_type:  # trained with an override
+        pipe.scheduler.register_to_config(prediction_type=module.prediction_type)
     pipe.save_pretrained(out_dir)
     if (module.base_model / _MARKER).exists():  # still a random test model: keep saying so
         shutil.copy2(module.base_model / _MARKER, out_dir / _MARKER)

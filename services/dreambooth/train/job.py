@@ -10,6 +10,7 @@ Layout in the artifact store (all under `jobs/<id>/`):
 A re-delivered task (worker died) finds config.yaml and the newest checkpoint and resumes from there.
 """
 
+import importlib.util
 import logging
 import random
 import shutil
@@ -51,7 +52,7 @@ def load_instance_images(job: Job, artifacts: ArtifactStore, config: FinetuneCon
     for i, key in enumerate(keys):
         try:
             with artifacts.open(key) as fh:
-                images.append(load_training_image(fh, min_side=config.resolution // 2, name=f"image {i}"))
+                images.append(load_training_image(fh, min_side=config.min_image_side, name=f"image {i}"))
         except FileNotFoundError:
             raise JobFailed("invalid_input", f"image {i} ({key}) is missing from the artifact store") from None
         except BadImage as e:
@@ -87,6 +88,12 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
     from services.dreambooth.train.run import RunHooks, train_dreambooth
 
     config = job_config(job, artifacts)
+    if config.devices > 1:
+        raise JobFailed("invalid_config", "devices: the Celery worker trains on one GPU (run one worker per GPU); "
+                                          "multi-GPU DDP runs through `python -m services.dreambooth.train`")
+    if config.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
+        raise JobFailed("invalid_config", "use_8bit_adam: bitsandbytes is not installed on this worker "
+                                          "(pip install bitsandbytes, CUDA only), or set use_8bit_adam to false")
     instance_images = load_instance_images(job, artifacts, config)
     base_spec = config.base_model or base_model_spec or "tiny"
     try:
@@ -109,14 +116,17 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
 
     prefix = f"jobs/{job.id}"
     local = artifacts.is_local
+    # a local store is trained in place; a remote one (S3...) gets a scratch folder, with every checkpoint
+    # mirrored as soon as it is written so that a worker on another machine can resume
     workdir = artifacts.local_path(prefix) if local else Path(tempfile.mkdtemp(prefix=f"finetune-{job.id}-"))
+    hooks = RunHooks(on_progress=reporter, should_cancel=reporter.should_cancel,
+                     on_checkpoint=None if local else _mirror_checkpoints(artifacts, f"{prefix}/checkpoints"))
     try:
         if not local and artifacts.exists(f"{prefix}/checkpoints"):
             artifacts.download_dir(f"{prefix}/checkpoints", workdir / "checkpoints")
-        result = train_dreambooth(config, base, instance_images, workdir, class_images=class_images,
-                                  hooks=RunHooks(on_progress=reporter, should_cancel=reporter.should_cancel))
+        result = train_dreambooth(config, base, instance_images, workdir, class_images=class_images, hooks=hooks)
         if not local:
-            for part in ("checkpoints", "logs", "model"):
+            for part in ("logs", "model"):
                 if (workdir / part).exists():
                     artifacts.upload_dir(workdir / part, f"{prefix}/{part}")
     finally:
@@ -137,6 +147,7 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
         "job_id": job.id,
         "train_text_encoder": config.train_text_encoder,
         "steps": result.global_step,
+        "prediction_type": result.module.prediction_type,
     }
     if config.method == "lora":
         info["lora"] = {"rank": config.lora.rank, "alpha": config.lora.scale_alpha}
@@ -152,6 +163,16 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
         "resumed_from_step": _step_of(result.resumed_from),
         "metrics": result.metrics,
     }
+
+
+def _mirror_checkpoints(artifacts: ArtifactStore, prefix: str):
+    def mirror(saved: Path, pruned: list[Path]) -> None:
+        with open(saved, "rb") as src, artifacts.open(f"{prefix}/{saved.name}", "wb") as dst:
+            shutil.copyfileobj(src, dst, length=16 * 2**20)
+        for gone in pruned:
+            artifacts.delete(f"{prefix}/{gone.name}")
+
+    return mirror
 
 
 def _step_of(path: Path | None) -> int | None:

@@ -2,6 +2,7 @@
 `workdir/checkpoints`, fit, and export. Knows nothing of jobs, Redis or Celery (see `train/job.py`)."""
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ from services.dreambooth.train.module import DreamBoothModule
 
 log = logging.getLogger(__name__)
 
+# the frozen VAE (and text encoder) stay in eval mode on purpose
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
+
 
 @dataclass
 class TrainResult:
@@ -46,7 +50,19 @@ class RunHooks:
     on_progress: ProgressFn | None = None
     should_cancel: Callable[[], bool] | None = None
     callbacks: list[pl.Callback] = field(default_factory=list)
+    on_checkpoint: Callable[[Path, list[Path]], None] | None = None  # (saved, pruned) after each save
     progress_interval_s: float = 0.5
+
+
+class SamplesDone:
+    """Samples each device has trained on so far (a picklable callable, so DDP spawn can ship it)."""
+
+    def __init__(self, module: pl.LightningModule, samples_per_step: int):
+        self.module = module
+        self.samples_per_step = samples_per_step
+
+    def __call__(self) -> int:
+        return self.module.global_step * self.samples_per_step
 
 
 def resolve_precision(requested: str, accelerator: str) -> str:
@@ -60,20 +76,22 @@ def resolve_precision(requested: str, accelerator: str) -> str:
 
 
 def build_trainer(config: FinetuneConfig, workdir: Path, callbacks: list[pl.Callback],
-                  resume_step: int | None = None) -> pl.Trainer:
+                  resume_step: int | None = None, *, accelerator: str | None = None,
+                  strategy: str | None = None) -> pl.Trainer:
+    """`strategy` for several devices: `ddp` when the process was started by a script Lightning can launch
+    again per rank (the CLI), `ddp_spawn` (the default) otherwise."""
     from pytorch_lightning.callbacks import LearningRateMonitor
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    devices = config.devices if accelerator == "gpu" else 1
+    accelerator = accelerator or ("gpu" if torch.cuda.is_available() else "cpu")
+    devices = config.devices
     logs = workdir / "logs"
     # CSVLogger rewrites an existing metrics.csv: a resumed run writes its own file next to the first one
     csv_version = "csv" if resume_step is None else f"csv-resumed-at-step-{resume_step:06d}"
     return pl.Trainer(
         accelerator=accelerator,
         devices=devices,
-        # DDP inside a Celery worker must spawn its processes (the default launcher re-runs sys.argv)
-        strategy="ddp_spawn" if devices > 1 else "auto",
+        strategy=(strategy or "ddp_spawn") if devices > 1 else "auto",
         precision=resolve_precision(config.mixed_precision, accelerator),
         max_steps=config.max_train_steps,
         max_epochs=-1,
@@ -93,45 +111,63 @@ def build_trainer(config: FinetuneConfig, workdir: Path, callbacks: list[pl.Call
     )
 
 
-def train_dreambooth(config: FinetuneConfig, base_model: Path, instance_images: Sequence[Image.Image],
-                     workdir: Path, *, class_images: Sequence[Image.Image] = (),
-                     hooks: RunHooks | None = None, export: bool = True) -> TrainResult:
-    """Train (or resume) under `workdir` (checkpoints/, logs/, model/). `config` must be resolved."""
+def build_loader(config: FinetuneConfig, base_model: Path, module: DreamBoothModule,
+                 instance_images: Sequence[Image.Image], class_images: Sequence[Image.Image]):
     from transformers import CLIPTokenizer
 
-    hooks = hooks or RunHooks()
-    workdir = Path(workdir)
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-    module = DreamBoothModule(config, base_model)
     tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer")
-    samples_per_step = config.train_batch_size * config.gradient_accumulation_steps
-    if config.with_prior_preservation and not class_images:
+    prior = config.with_prior_preservation
+    if prior and not class_images:
         raise ValueError("with_prior_preservation needs class images")
     stream = DreamBoothStream(
         instance_images, tokenize(tokenizer, config.instance_prompt), resolution=config.resolution,
         seed=config.seed, center_crop=config.center_crop, random_flip=config.random_flip,
-        class_images=class_images if config.with_prior_preservation else (),
-        class_prompt_ids=tokenize(tokenizer, config.class_prompt) if config.with_prior_preservation else None,
-        start=lambda: module.global_step * samples_per_step,
+        class_images=class_images if prior else (),
+        class_prompt_ids=tokenize(tokenizer, config.class_prompt) if prior else None,
+        start=SamplesDone(module, config.train_batch_size * config.gradient_accumulation_steps),
     )
-    loader = torch.utils.data.DataLoader(stream, batch_size=config.train_batch_size, collate_fn=collate,
-                                         num_workers=0)
+    return torch.utils.data.DataLoader(stream, batch_size=config.train_batch_size, collate_fn=collate,
+                                       num_workers=0)
 
-    ckpt_dir = workdir / "checkpoints"
-    checkpoints = CheckpointEvery(ckpt_dir, config.checkpoint_every, config.keep_last_checkpoints)
-    cancel = CancelWatcher(hooks.should_cancel or (lambda: False))
-    # order matters: a step's reports and caller hooks run before its checkpoint, the cancel check last
-    callbacks: list[pl.Callback] = [*hooks.callbacks, checkpoints, cancel]
+
+def build_callbacks(config: FinetuneConfig, workdir: Path,
+                    hooks: RunHooks) -> tuple[list[pl.Callback], CheckpointEvery, CancelWatcher]:
+    checkpoints = CheckpointEvery(workdir / "checkpoints", config.checkpoint_every, config.keep_last_checkpoints,
+                                  on_saved=hooks.on_checkpoint)
+    cancel = CancelWatcher(hooks.should_cancel or _never)
+    callbacks: list[pl.Callback] = []
     if hooks.on_progress is not None:
-        callbacks.insert(0, ProgressReporter(hooks.on_progress, config.max_train_steps, hooks.progress_interval_s))
+        callbacks.append(ProgressReporter(hooks.on_progress, config.max_train_steps, hooks.progress_interval_s))
+    callbacks += hooks.callbacks
     if config.validation_prompts:
         callbacks.append(ValidationImages(
             config.validation_prompts, config.validation_every, workdir / "logs" / "validation",
             num_images=config.num_validation_images, inference_steps=config.validation_inference_steps,
             guidance_scale=config.validation_guidance_scale, resolution=config.resolution, seed=config.seed,
         ))
+    # order matters: a step's reports, hooks and samples run before its checkpoint, the cancel check last
+    return [*callbacks, checkpoints, cancel], checkpoints, cancel
+
+
+def _never() -> bool:
+    return False
+
+
+def train_dreambooth(config: FinetuneConfig, base_model: Path, instance_images: Sequence[Image.Image],
+                     workdir: Path, *, class_images: Sequence[Image.Image] = (),
+                     hooks: RunHooks | None = None, export: bool = True, accelerator: str | None = None,
+                     strategy: str | None = None) -> TrainResult:
+    """Train (or resume) under `workdir` (checkpoints/, logs/, model/). `config` must be resolved.
+    With several devices every rank runs this; only rank 0 writes files."""
+    workdir = Path(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    module = DreamBoothModule(config, base_model)
+    loader = build_loader(config, base_model, module, instance_images, class_images)
+    callbacks, checkpoints, cancel = build_callbacks(config, workdir, hooks or RunHooks())
     resume = newest_checkpoint(ckpt_dir)
-    trainer = build_trainer(config, workdir, callbacks, checkpoint_step(resume) if resume else None)
+    trainer = build_trainer(config, workdir, callbacks, checkpoint_step(resume) if resume else None,
+                            accelerator=accelerator, strategy=strategy)
     if resume is not None:
         log.info("resuming from %s", resume)
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(resume) if resume else None)
@@ -143,6 +179,6 @@ def train_dreambooth(config: FinetuneConfig, base_model: Path, instance_images: 
         return TrainResult(trainer.global_step, True, metrics, resume, kept, None, module)
     if trainer.global_step > 0 and trainer.global_step % config.checkpoint_every:
         checkpoints.save(trainer)  # so a crash during export resumes at the end, not steps before it
-    model_path = export_model(module, workdir / "model") if export else None
+    model_path = export_model(module, workdir / "model") if export and trainer.is_global_zero else None
     return TrainResult(trainer.global_step, False, metrics, resume, newest_checkpoint(ckpt_dir), model_path,
                        module)

@@ -3,6 +3,7 @@
 Covers success (progress, logs, export, registered model), cancel (last checkpoint kept), a worker killed
 mid-training whose re-delivered task resumes from the newest checkpoint, and clear failures."""
 
+import importlib.util
 import io
 import os
 import signal
@@ -63,7 +64,7 @@ def create_job(store: JobStore, artifacts: ArtifactStore, config: dict, images: 
     return job
 
 
-def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env):
+def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env, tiny_sd):
     store, artifacts, settings = env
     job = create_job(store, artifacts, {**CONFIG, "validation_prompts": ["a sks dog"], "validation_every": 2,
                                         "validation_inference_steps": 1})
@@ -94,6 +95,7 @@ def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env):
     (model,) = store.list_models("owner-1")
     assert model["id"] == job.id and model["method"] == "lora" and model["path"] == result["model"]
     assert model["instance_prompt"] == "a photo of sks dog" and model["lora"] == {"rank": 4, "alpha": 4.0}
+    assert model["base_model"] == str(tiny_sd) and model["prediction_type"] == "epsilon"
     assert len(os.listdir(settings.data_dir / "class_images")) == 1  # generated once, cached
 
 
@@ -152,13 +154,24 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     assert any("/logs/csv-resumed-at-step-" in k for k in logs)
 
 
-def test_invalid_config_fails_with_a_message_naming_the_field(env):
+@pytest.mark.parametrize("patch, field", [({"resolution": 100}, "resolution"), ({"devices": 2}, "devices")])
+def test_invalid_config_fails_with_a_message_naming_the_field(env, patch, field):
     store, artifacts, _ = env
-    job = create_job(store, artifacts, {**CONFIG, "resolution": 100})
+    job = create_job(store, artifacts, {**CONFIG, **patch})
     tasks.finetune(job.id)
     job = store.get(job.id)
     assert job.status == JobStatus.failed
-    assert job.error.code == "invalid_config" and "resolution" in job.error.message
+    assert job.error.code == "invalid_config" and field in job.error.message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_8bit_adam_without_bitsandbytes_fails_clearly(env):
+    store, artifacts, _ = env
+    job = create_job(store, artifacts, {**CONFIG, "use_8bit_adam": True})
+    tasks.finetune(job.id)
+    job = store.get(job.id)
+    assert job.status == JobStatus.failed and job.error.code == "invalid_config"
+    assert "use_8bit_adam" in job.error.message and "bitsandbytes" in job.error.message
 
 
 @pytest.mark.parametrize("images, message", [
@@ -173,3 +186,18 @@ def test_bad_instance_images_fail_clearly(env, images, message):
     job = store.get(job.id)
     assert job.status == JobStatus.failed and job.error.code == "invalid_input"
     assert message in job.error.message
+
+
+def test_remote_artifact_store_mirrors_checkpoints_and_uploads_the_model(env, monkeypatch):
+    store, _, settings = env
+    url = f"memory://detbooth-test-{uuid.uuid4().hex[:8]}"  # fsspec's in-process store: not a local folder
+    remote = ArtifactStore(url)
+    monkeypatch.setattr(tasks, "settings", settings.model_copy(update={"artifacts_url": url}))
+    assert not remote.is_local
+    job = create_job(store, remote, {**CONFIG, "with_prior_preservation": False})
+    tasks.finetune(job.id)
+    job = store.get(job.id)
+    assert job.status == JobStatus.succeeded, job.error
+    assert remote.list(f"jobs/{job.id}/checkpoints") == [f"jobs/{job.id}/checkpoints/step-000004.ckpt"]
+    assert remote.size(job.result["model"]) > 0
+    assert f"jobs/{job.id}/logs/csv/metrics.csv" in remote.list(f"jobs/{job.id}/logs")

@@ -14,8 +14,8 @@ from services.dreambooth.train.run import RunHooks, train_dreambooth
 
 
 def make_config(**kw) -> FinetuneConfig:
-    base = dict(instance_prompt="a photo of sks dog", class_prompt="a photo of a dog", resolution=64,
-                max_train_steps=4, checkpoint_every=100, mixed_precision="32", center_crop=True)
+    base = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog", "resolution": 64,
+            "max_train_steps": 4, "checkpoint_every": 100, "mixed_precision": "32", "center_crop": True}
     base.update(kw)
     return FinetuneConfig(**base).resolved(seed=7)
 
@@ -88,7 +88,7 @@ def test_prior_preservation_limits_drift_on_class_images(class_aware_base, insta
                                                          tmp_path):
     """Fine-tuning on the subject moves the model's class-prompt predictions on class images away from the
     base model's; with the prior loss on class images they move less. Both are measured."""
-    common = dict(method="full", learning_rate=3e-4, max_train_steps=6)
+    common = {"method": "full", "learning_rate": 3e-4, "max_train_steps": 6}
     base = DreamBoothModule(make_config(**common, with_prior_preservation=False), class_aware_base).eval()
     batches = fixed_batches(base, class_images, "a photo of a dog", n=8)
 
@@ -122,7 +122,8 @@ def _pred(module: DreamBoothModule, batch: dict) -> torch.Tensor:
 def test_vae_unchanged_and_full_export_loads(tiny_sd, instance_images, class_images, tmp_path):
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
-    cfg = make_config(method="full", train_text_encoder=True, learning_rate=1e-3, max_train_steps=3)
+    cfg = make_config(method="full", train_text_encoder=True, learning_rate=1e-3, max_train_steps=3,
+                      gradient_checkpointing=True, prediction_type="v_prediction")
     result = train_dreambooth(cfg, tiny_sd, instance_images, tmp_path, class_images=class_images)
     module = result.module
     assert not module.vae.training and all(not p.requires_grad for p in module.vae.parameters())
@@ -141,6 +142,7 @@ def test_vae_unchanged_and_full_export_loads(tiny_sd, instance_images, class_ima
     base_te = StableDiffusionPipeline.from_pretrained(tiny_sd, safety_checker=None).text_encoder.state_dict()
     assert any(not torch.equal(v, base_te[k]) for k, v in pipe.text_encoder.state_dict().items())
     assert (result.model_path / "DETBOOTH_RANDOM_TEST_MODEL").exists()
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # trained with an override: saved with it
 
 
 @pytest.mark.parametrize("train_text_encoder", [False, True])
@@ -200,8 +202,8 @@ def test_resume_continues_the_same_loss_curve(tiny_sd, instance_images, class_im
     assert sorted(second.losses) == [4, 5]
     curve = {**first.losses, **second.losses}
     assert curve.keys() == straight.losses.keys()
-    for step in curve:
-        assert curve[step] == pytest.approx(straight.losses[step], rel=1e-5, abs=1e-6), step
+    for step, loss in curve.items():
+        assert loss == pytest.approx(straight.losses[step], rel=1e-5, abs=1e-6), step
     # the last K checkpoints are kept
     assert [p.name for p in list_checkpoints(tmp_path / "resumed" / "checkpoints")] == \
         ["step-000004.ckpt", "step-000005.ckpt"]
