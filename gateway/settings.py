@@ -26,6 +26,8 @@ class GatewaySettings(BaseSettings):
     max_total_bytes: int = Field(default=100 * MiB, ge=1024, description="bytes per request body")
     max_image_pixels: int = Field(default=40_000_000, ge=1024, description="pixels per uploaded image")
     max_wait_s: float = Field(default=60.0, ge=0, description="longest `Prefer: wait=N` honoured")
+    allowed_base_models: str = Field(
+        default="", description="comma-separated base models a fine-tune may name; empty: only the default")
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS; empty: CORS off")
 
     @property

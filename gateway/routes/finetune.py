@@ -13,11 +13,11 @@ from gateway.schemas import FinetuneJSON, JobView, job_view
 from gateway.state import State
 from gateway.submit import check_idempotency_key, fingerprint, submit
 from gateway.uploads import Upload, check_image, decode_base64_images, parse_json_field, read_multipart
-from services.dreambooth.config import FinetuneConfig
+from services.dreambooth.config import MAX_INSTANCE_IMAGES, MIN_INSTANCE_IMAGES, FinetuneConfig
 from services.jobs.schema import JobType
 
 router = APIRouter(tags=["finetune"])
-MIN_IMAGES, MAX_IMAGES, MIN_SIDE = 3, 20, 64
+MIN_IMAGES, MAX_IMAGES = MIN_INSTANCE_IMAGES, MAX_INSTANCE_IMAGES
 
 _OPENAPI_BODY = {
     "requestBody": {
@@ -56,6 +56,15 @@ async def _read_request(request: Request, max_file_bytes: int) -> tuple[list[Upl
                   type_="unsupported-media-type")
 
 
+def check_base_model(base_model: str | None, allowed: str) -> None:
+    """`base_model` names files or hub ids on the workers: only the operator's allow-list is accepted."""
+    names = [n.strip() for n in allowed.split(",") if n.strip()]
+    if base_model is not None and base_model not in names:
+        hint = f"one of: {', '.join(names)}" if names else "leave it unset (the operator allows no other)"
+        raise Problem(422, "Base model not allowed", f"config.base_model `{base_model}` is not allowed; {hint}",
+                      type_="base-model-not-allowed")
+
+
 @router.post("/finetune", status_code=202, response_model=JobView, openapi_extra=_OPENAPI_BODY)
 async def finetune(request: Request, state: State, owner: Caller,
                    idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
@@ -67,11 +76,15 @@ async def finetune(request: Request, state: State, owner: Caller,
         config = FinetuneConfig.model_validate(raw_config)
     except ValidationError as e:
         raise validation_problem(e, prefix=("config",)) from e
+    check_base_model(config.base_model, s.allowed_base_models)
+    if config.devices > 1:
+        raise Problem(422, "Invalid request", "config.devices: a fine-tune job trains on one GPU; "
+                      "multi-GPU training runs with `python -m services.dreambooth.train`", type_="validation-error")
     if not MIN_IMAGES <= len(files) <= MAX_IMAGES:
         raise Problem(422, "Wrong number of images",
                       f"send {MIN_IMAGES}–{MAX_IMAGES} images of the subject; got {len(files)}",
                       type_="wrong-image-count")
-    formats = [check_image(f, max_pixels=s.max_image_pixels, min_side=MIN_SIDE)[0] for f in files]
+    formats = [check_image(f, max_pixels=s.max_image_pixels, min_side=config.min_image_side)[0] for f in files]
     spec = {"config": config.model_dump(mode="json")}
 
     def write_inputs(job_id: str) -> dict:

@@ -83,7 +83,11 @@ def test_finetune_json_base64_works_too(client):
     ([("images", ("a.png", b"not an image", "image/png"))] * 3, CONFIG, 422, "a.png"),
     ([("images", ("t.png", png_bytes()[:60], "image/png"))] * 3, CONFIG, 422, "t.png"),
     ([("images", ("z.png", b"", "image/png"))] * 3, CONFIG, 422, "empty"),
-    (finetune_files(3, size=(20, 20)), CONFIG, 422, "64"),
+    (finetune_files(3, size=(20, 20)), CONFIG, 422, "32"),
+    (finetune_files(3), {**CONFIG, "resolution": 512}, 422, "256"),
+    (finetune_files(3), {**CONFIG, "base_model": "/etc"}, 422, "base_model"),
+    (finetune_files(3), {**CONFIG, "devices": 2}, 422, "devices"),
+    (finetune_files(3), {**CONFIG, "resolution": 65}, 422, "multiple of 8"),
     (finetune_files(21), CONFIG, 413, "20"),
 ])
 def test_finetune_bad_input_is_a_clear_4xx_and_creates_nothing(client, files, config, status, word):
