@@ -114,6 +114,11 @@ def _with_urls(value: Any, base_url: str) -> Any:
 
 def job_view(job: Job, base_url: str) -> JobView:
     data = job.model_dump(exclude={"owner"})
-    data["result"] = _with_urls(job.result, base_url) if job.result is not None else None
+    result = _with_urls(job.result, base_url) if job.result is not None else None
+    if result is not None:  # a fine-tune's artifact keys (model file or folder, config) as download links
+        for name in ("model", "config"):
+            if isinstance(result.get(name), str) and result[name].startswith("jobs/"):
+                result[f"{name}_url"] = f"{base_url}artifacts/{result[name]}"
+    data["result"] = result
     data["spec"] = {k: v for k, v in job.spec.items() if k != "inputs"}
     return JobView.model_validate(data)

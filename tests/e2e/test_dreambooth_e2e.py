@@ -63,6 +63,9 @@ def test_finetune_then_generate_with_the_fine_tuned_model(stack):
     assert '"status": "running"' in events and "event: progress" in events
     assert job["progress"]["step"] == job["progress"]["total"] == 4
     assert "loss" in job["metrics"]
+    lora = stack.get(job["result"]["model_url"])
+    assert lora.status_code == 200 and len(lora.content) < 1_000_000  # a small safetensors adapter
+    assert "instance_prompt: a photo of sks dog" in stack.get(job["result"]["config_url"]).text
 
     models = stack.get("/models").json()["models"]
     tuned = [m for m in models if m["id"] == job_id]
