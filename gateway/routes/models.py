@@ -1,6 +1,6 @@
 """GET /models: the base model and the caller's fine-tuned models."""
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from fastapi import APIRouter
 

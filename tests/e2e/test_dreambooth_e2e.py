@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import ALICE, BOB, base_env
-from tests.procs import start_gateway, start_worker
+from tests.integration.conftest import BOB
 
 
 def subject_png(i: int) -> bytes:
@@ -23,13 +22,8 @@ def subject_png(i: int) -> bytes:
 
 
 @pytest.fixture
-def stack(redis_server, logs_dir, tmp_path, procs):
-    env = base_env(redis_server, tmp_path / "data")
-    gw, url = start_gateway(env, logs_dir)
-    procs.append(gw)
-    procs.append(start_worker(env, logs_dir))
-    with httpx.Client(base_url=url, headers=ALICE, timeout=120) as client:
-        yield client
+def stack(worker_stack):
+    return worker_stack
 
 
 def wait_finished(client: httpx.Client, job_id: str, timeout: float = 400) -> tuple[dict, list[dict]]:

@@ -6,7 +6,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.procs import start_gateway
+from tests.procs import start_gateway, start_worker
 
 ALICE = {"Authorization": "Bearer key-alice"}
 BOB = {"X-API-Key": "key-bob"}
@@ -48,3 +48,14 @@ def gateway(redis_server, logs_dir, tmp_path_factory):
 def client(gateway):
     with httpx.Client(base_url=gateway[0], timeout=30) as c:
         yield c
+
+
+@pytest.fixture
+def worker_stack(redis_server, logs_dir, tmp_path, procs):
+    """A gateway and a real Celery worker of this test's own; an httpx client as key-alice."""
+    env = base_env(redis_server, tmp_path / "data")
+    gw, url = start_gateway(env, logs_dir)
+    procs.append(gw)
+    procs.append(start_worker(env, logs_dir))
+    with httpx.Client(base_url=url, headers=ALICE, timeout=120) as client:
+        yield client

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 
 import cv2
 import httpx
@@ -13,7 +12,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from tests.detection_support import bbox, canonical, encode, iou, recall, render_lines
+from tests.detection_support import bbox, canonical, encode, recall, render_lines
 from tests.unit.detection.test_decode import pil_bytes, png_header_only
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import redis
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +101,19 @@ def instance_images():
 def class_images():
     """Four 64x72 bluish 'class' photos."""
     return _pattern_images(4, 64, seed=1, tint=(40, 60, 200))
+
+
+@pytest.fixture
+def job_env(tmp_path, tiny_sd, monkeypatch, redis_server, key_prefix):
+    """The worker's task module wired to this test's own Redis (private prefix) and artifact folder."""
+    from services.dreambooth import tasks
+    from services.jobs.artifacts import ArtifactStore
+    from services.jobs.settings import JobSettings
+    from services.jobs.store import JobStore
+
+    settings = JobSettings(data_dir=tmp_path, key_prefix=key_prefix, redis_url=redis_server)
+    store = JobStore(redis.Redis.from_url(redis_server), prefix=key_prefix)
+    monkeypatch.setenv("DETBOOTH_SD_BASE_MODEL", str(tiny_sd))
+    monkeypatch.setattr(tasks, "settings", settings)
+    monkeypatch.setattr(tasks, "_store", store)
+    return store, ArtifactStore(settings.artifacts_location), settings

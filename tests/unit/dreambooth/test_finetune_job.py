@@ -31,22 +31,8 @@ CONFIG = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a
 
 
 @pytest.fixture
-def env(tmp_path, tiny_sd, monkeypatch):
-    prefix = f"test-ft-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
-    settings = JobSettings(data_dir=tmp_path, key_prefix=prefix)
-    store = JobStore(client, prefix=prefix)
-    monkeypatch.setenv("DETBOOTH_SD_BASE_MODEL", str(tiny_sd))
-    monkeypatch.setattr(tasks, "settings", settings)
-    monkeypatch.setattr(tasks, "_store", store)
-    yield store, ArtifactStore(settings.artifacts_location), settings
-    keys = list(client.scan_iter(f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
+def env(job_env):
+    return job_env
 
 
 def _png(color, size=(72, 64)) -> bytes:
@@ -129,7 +115,7 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     job = create_job(store, artifacts, {**CONFIG, "with_prior_preservation": False, "max_train_steps": 10,
                                         "checkpoint_every": 2, "keep_last_checkpoints": 2})
     worker_env = {**os.environ, "DETBOOTH_DATA_DIR": str(settings.data_dir), "DETBOOTH_KEY_PREFIX": store.prefix,
-                  "DETBOOTH_SD_BASE_MODEL": str(tiny_sd)}
+                  "DETBOOTH_SD_BASE_MODEL": str(tiny_sd), "DETBOOTH_REDIS_URL": settings.redis_url}
     worker = subprocess.Popen([sys.executable, "-c", f"from services.dreambooth import tasks; tasks.finetune({job.id!r})"],
                               env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -25,23 +25,10 @@ PARAMS = {
 
 
 @pytest.fixture
-def env(tmp_path, tiny_sd, monkeypatch):
-    prefix = f"test-gen-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip("no Redis at 127.0.0.1:6379")
-    settings = JobSettings(data_dir=tmp_path, key_prefix=prefix)
-    store = JobStore(client, prefix=prefix)
-    monkeypatch.setenv("DETBOOTH_SD_BASE_MODEL", str(tiny_sd))
-    monkeypatch.setattr(tasks, "settings", settings)
-    monkeypatch.setattr(tasks, "_store", store)
+def env(job_env, monkeypatch):
     monkeypatch.setattr(gen_module, "_worker", None)
-    yield store, ArtifactStore(settings.artifacts_location)
-    keys = list(client.scan_iter(f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
+    store, artifacts, _ = job_env
+    return store, artifacts
 
 
 def _run(store, params, owner="owner-1"):
