@@ -108,12 +108,22 @@ def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path
     page.wait_for_selector("#ft-thumbs canvas >> nth=2")
     page.fill("#ft-steps", "2")
     page.fill("#ft-resolution", "64")
+    assert page.is_checked("#ft-prior")  # prior preservation stays on, with few, cheap class images
+    assert page.input_value("#ft-class-images") == "50" and page.input_value("#ft-class-steps") == "50"
+    page.uncheck("#ft-prior")
+    assert page.is_disabled("#ft-class-images") and page.is_disabled("#ft-class-steps")
+    page.check("#ft-prior")
+    page.fill("#ft-class-images", "2")
+    page.fill("#ft-class-steps", "2")
     page.click("#ft-submit")
     page.wait_for_selector("#ft-progress-box:not([hidden])")
     job_id = page.inner_text("#ft-job").removeprefix("job ")
     page.wait_for_selector("#ft-state.succeeded, #ft-state.failed, #ft-state.canceled", timeout=120_000)
     job = httpx.get(f"{stack.url}/jobs/{job_id}", headers=ALICE).json()
-    assert job["spec"]["config"]["max_train_steps"] == 2 and job["spec"]["config"]["method"] == "lora"
+    config = job["spec"]["config"]
+    assert config["max_train_steps"] == 2 and config["method"] == "lora" and config["resolution"] == 64
+    assert config["with_prior_preservation"] is True
+    assert config["num_class_images"] == 2 and config["class_images_inference_steps"] == 2
     assert page.get_attribute("#ft-state", "class") == "badge succeeded", page.inner_text("#ft-error")
     assert page.eval_on_selector("#ft-progress", "p => p.value === p.max && p.max > 0")
     assert page.is_hidden("#ft-cancel")
