@@ -85,6 +85,19 @@ def test_usage_errors_exit_2(run, capsys):
         "finetune", "--images", "/nonexistent", "--instance-prompt", "a", "--class-prompt", "b"
     )
     assert "not a folder" in one_line_error(code, err)
+    code, _, err = run(
+        "finetune",
+        "--images",
+        str(ROOT / "tests"),
+        "--instance-prompt",
+        "a",
+        "--class-prompt",
+        "b",
+        "--no-prior-preservation",
+        "--class-images",
+        "2",
+    )
+    assert "--class-images and --class-steps need prior preservation" in one_line_error(code, err)
 
 
 def test_finetune_too_few_images_is_the_gateways_message(run, tmp_path):
@@ -136,6 +149,57 @@ def test_finetune_then_jobs_list_show_cancel(run, tmp_path):
     else:  # it had already ended
         assert "Job already finished (409)" in one_line_error(code, err)
     assert "Job not found (404)" in one_line_error(*run("jobs", "show", job_id, key="key-bob")[::2])
+
+
+def test_finetune_watch_with_prior_preservation_then_generate_with_the_model(run, tmp_path):
+    folder = subject_images(tmp_path / "cat")
+    code, out, err = run(
+        "finetune",
+        "--images",
+        str(folder),
+        "--instance-prompt",
+        "a photo of sks cat",
+        "--class-prompt",
+        "a photo of a cat",
+        "--steps",
+        "2",
+        "--resolution",
+        "64",
+        "--class-images",
+        "2",
+        "--class-steps",
+        "2",
+        "--watch",
+    )
+    assert code == 0, err
+    assert "status: succeeded" in err and "[" + "#" * 30 + "] 2/2" in err
+    job_id = err.strip().splitlines()[-1].split("model id: ")[1].split()[0]
+    result = json.loads(out)
+    assert result["model_id"] == job_id and result["steps"] == 2
+    assert "loss_prior" in result["metrics"]  # trained on the class images too
+    config = json.loads(run("jobs", "show", job_id)[1])["spec"]["config"]
+    assert config["num_class_images"] == 2 and config["class_images_inference_steps"] == 2
+    assert config.get("with_prior_preservation", True) is True
+
+    code, out, err = run(
+        "generate",
+        "a photo of sks cat",
+        "--model",
+        job_id,
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert code == 0, err
+    path, seed = out.strip().split("\t")
+    assert seed.startswith("seed ")
+    with Image.open(path) as img:
+        assert img.size == (64, 64)
 
 
 def test_generate_unknown_model_is_one_line(run, tmp_path):
@@ -211,4 +275,5 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     thread.join()
     assert code == 0, err
     assert f"[{'#' * 30}] 4/4  loss 0.25  eta 0s" in err and "status: succeeded" in err
+    print(out)
     assert json.loads(out)["model"]["url"].endswith(f"/artifacts/jobs/{job.id}/model/lora.safetensors")
