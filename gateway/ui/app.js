@@ -314,6 +314,12 @@ async function setFinetuneFiles(files) {
 }
 wireDropzone("ft-drop", "ft-files", setFinetuneFiles);
 
+function syncPriorFields() {  // class images only matter with prior preservation
+  for (const id of ["ft-class-images", "ft-class-steps"]) $(id).disabled = !$("ft-prior").checked;
+}
+$("ft-prior").addEventListener("change", syncPriorFields);
+syncPriorFields();
+
 $("finetune-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   showError("ft-error", null);
@@ -326,6 +332,10 @@ $("finetune-form").addEventListener("submit", async (e) => {
     method: $("ft-method").value, max_train_steps: Number($("ft-steps").value),
     resolution: Number($("ft-resolution").value), with_prior_preservation: $("ft-prior").checked,
   };
+  if (config.with_prior_preservation) {
+    config.num_class_images = Number($("ft-class-images").value);
+    config.class_images_inference_steps = Number($("ft-class-steps").value);
+  }
   const form = new FormData();
   for (const f of ft.files) form.append("images", f, f.name);
   form.append("config", JSON.stringify(config));

@@ -1,5 +1,5 @@
-"""The real stack for the console and CLI tests: Redis, the gateway, a Celery worker, and the detection
-service when it exists in this checkout."""
+"""The real stack for the console and CLI tests: Redis, the gateway, a Celery worker and the detection
+service."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -7,9 +7,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from tests.integration.conftest import base_env
-from tests.procs import ROOT, Proc, free_port, python_cmd, start_gateway, start_worker
-
-HAS_DETECTION = (ROOT / "services" / "detection" / "__main__.py").is_file()
+from tests.procs import Proc, free_port, python_cmd, start_gateway, start_worker
 
 
 @dataclass
@@ -17,7 +15,6 @@ class Stack:
     url: str
     env: dict[str, str]
     procs: list[Proc] = field(default_factory=list)
-    detection: bool = False
 
     def stop(self) -> None:
         for p in reversed(self.procs):
@@ -43,18 +40,14 @@ def start_detection(env: dict[str, str], log_dir: Path) -> tuple[Proc, str]:
     return proc, url
 
 
-def start_stack(
-    redis_url: str, data_dir: Path, log_dir: Path, *, detection: bool = True, **extra: str
-) -> Stack:
-    """Gateway + worker (+ detection service when present and asked for) on free loopback ports."""
+def start_stack(redis_url: str, data_dir: Path, log_dir: Path, **extra: str) -> Stack:
+    """Detection service, gateway and worker on free loopback ports."""
     env = base_env(redis_url, data_dir, DETBOOTH_RATE_LIMIT_PER_MINUTE="10000", **extra)
     stack = Stack(url="", env=env)
     try:
-        if detection and HAS_DETECTION:
-            proc, det_url = start_detection(env, log_dir)
-            stack.procs.append(proc)
-            env["DETBOOTH_DETECTION_URL"] = det_url
-            stack.detection = True
+        proc, det_url = start_detection(env, log_dir)
+        stack.procs.append(proc)
+        env["DETBOOTH_DETECTION_URL"] = det_url
         gw, stack.url = start_gateway(env, log_dir)
         stack.procs.append(gw)
         stack.procs.append(start_worker(env, log_dir))

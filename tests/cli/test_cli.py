@@ -15,11 +15,8 @@ from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
 from services.jobs.schema import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
-from tests.cli.stack import HAS_DETECTION, subject_images, text_image
+from tests.cli.stack import subject_images, text_image
 from tests.procs import ROOT
-
-GENERATION = (ROOT / "services" / "dreambooth" / "generate.py").is_file()
-TRAINING = (ROOT / "services" / "dreambooth" / "train").is_dir()
 
 
 @pytest.fixture
@@ -61,6 +58,7 @@ def test_url_and_key_from_environment_via_entry_point(stack):
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("base\tbase\t")
@@ -71,6 +69,7 @@ def test_url_and_key_from_environment_via_entry_point(stack):
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "401" in r.stderr
 
@@ -86,6 +85,19 @@ def test_usage_errors_exit_2(run, capsys):
         "finetune", "--images", "/nonexistent", "--instance-prompt", "a", "--class-prompt", "b"
     )
     assert "not a folder" in one_line_error(code, err)
+    code, _, err = run(
+        "finetune",
+        "--images",
+        str(ROOT / "tests"),
+        "--instance-prompt",
+        "a",
+        "--class-prompt",
+        "b",
+        "--no-prior-preservation",
+        "--class-images",
+        "2",
+    )
+    assert "--class-images and --class-steps need prior preservation" in one_line_error(code, err)
 
 
 def test_finetune_too_few_images_is_the_gateways_message(run, tmp_path):
@@ -139,8 +151,7 @@ def test_finetune_then_jobs_list_show_cancel(run, tmp_path):
     assert "Job not found (404)" in one_line_error(*run("jobs", "show", job_id, key="key-bob")[::2])
 
 
-@pytest.mark.skipif(TRAINING, reason="fine-tuning is implemented: the happy path is tested instead")
-def test_finetune_watch_reports_the_jobs_failure(run, tmp_path):
+def test_finetune_watch_with_prior_preservation_then_generate_with_the_model(run, tmp_path):
     folder = subject_images(tmp_path / "cat")
     code, out, err = run(
         "finetune",
@@ -154,10 +165,41 @@ def test_finetune_watch_reports_the_jobs_failure(run, tmp_path):
         "2",
         "--resolution",
         "64",
+        "--class-images",
+        "2",
+        "--class-steps",
+        "2",
         "--watch",
     )
-    assert code == 1
-    assert "failed: not_implemented: fine-tuning is not implemented yet" in err.strip().splitlines()[-1]
+    assert code == 0, err
+    assert "status: succeeded" in err and "[" + "#" * 30 + "] 2/2" in err
+    job_id = err.strip().splitlines()[-1].split("model id: ")[1].split()[0]
+    result = json.loads(out)
+    assert result["model_id"] == job_id and result["steps"] == 2
+    assert "loss_prior" in result["metrics"]  # trained on the class images too
+    config = json.loads(run("jobs", "show", job_id)[1])["spec"]["config"]
+    assert config["num_class_images"] == 2 and config["class_images_inference_steps"] == 2
+    assert config.get("with_prior_preservation", True) is True
+
+    code, out, err = run(
+        "generate",
+        "a photo of sks cat",
+        "--model",
+        job_id,
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert code == 0, err
+    path, seed = out.strip().split("\t")
+    assert seed.startswith("seed ")
+    with Image.open(path) as img:
+        assert img.size == (64, 64)
 
 
 def test_generate_unknown_model_is_one_line(run, tmp_path):
@@ -165,13 +207,6 @@ def test_generate_unknown_model_is_one_line(run, tmp_path):
     assert "Unknown model (422): model `nope` is neither `base`" in one_line_error(code, err)
 
 
-@pytest.mark.skipif(GENERATION, reason="generation is implemented: the happy path is tested instead")
-def test_generate_reports_the_jobs_failure(run, tmp_path):
-    code, _, err = run("generate", "a photo of sks dog", "--steps", "2", "-o", str(tmp_path))
-    assert "failed: not_implemented" in one_line_error(code, err.splitlines()[-1] + "\n")
-
-
-@pytest.mark.skipif(not GENERATION, reason="generation is not implemented in this checkout")
 def test_generate_saves_images_with_their_seeds(run, tmp_path):
     code, out, err = run(
         "generate",
@@ -199,14 +234,6 @@ def test_generate_saves_images_with_their_seeds(run, tmp_path):
             assert img.size == (64, 64)
 
 
-@pytest.mark.skipif(HAS_DETECTION, reason="the detection service runs: the happy path is tested instead")
-def test_detect_without_detection_service_is_one_line(run, tmp_path):
-    img = text_image(tmp_path / "page.png")
-    line = one_line_error(*run("detect", str(img))[::2])
-    assert "Detection unavailable (503)" in line and "retry after 5 s" in line
-
-
-@pytest.mark.skipif(not HAS_DETECTION, reason="no detection service in this checkout")
 def test_detect_prints_boxes_draws_them_and_json(run, tmp_path):
     img = text_image(tmp_path / "page.png")
     code, out, err = run("detect", str(img), "--box-thresh", "0.5", "--draw", str(tmp_path / "drawn"))
@@ -248,4 +275,5 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     thread.join()
     assert code == 0, err
     assert f"[{'#' * 30}] 4/4  loss 0.25  eta 0s" in err and "status: succeeded" in err
+    print(out)
     assert json.loads(out)["model"]["url"].endswith(f"/artifacts/jobs/{job.id}/model/lora.safetensors")

@@ -22,8 +22,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Playwright and chromium for one test module only: the sync API runs an event loop in this thread
+    while it lives, so a later test's `asyncio.run()` would fail ("cannot be called from a running event
+    loop") if it outlived the module."""
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} is missing (make install adds Debian's chromium package)")
     from playwright.sync_api import sync_playwright

@@ -2,21 +2,18 @@
 shown to the user, screenshots under test-artifacts/ui/."""
 
 import json
+from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-import pytest
 import redis
 
 from gateway.auth import hash_key, owner_of
 from services.jobs.schema import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
-from tests.cli.stack import HAS_DETECTION, subject_images, text_image
-from tests.procs import ROOT
+from tests.cli.stack import subject_images, text_image
 from tests.ui.conftest import login, shot
 
-GENERATION = (ROOT / "services" / "dreambooth" / "generate.py").is_file()
-TRAINING = (ROOT / "services" / "dreambooth" / "train").is_dir()
 ALICE = {"Authorization": "Bearer key-alice"}
 
 
@@ -58,18 +55,6 @@ def test_key_is_asked_once_per_session_and_a_wrong_key_is_refused(page, stack):
     assert real_errors(page) == []
 
 
-@pytest.mark.skipif(HAS_DETECTION, reason="the detection service runs: the happy path is tested instead")
-def test_detect_shows_the_gateways_error(page, stack, tmp_path):
-    login(page, stack, tab="detect")
-    page.set_input_files("#detect-files", str(text_image(tmp_path / "page.png")))
-    page.wait_for_selector("#detect-error:not([hidden])")
-    text = page.inner_text("#detect-error")
-    assert "Detection unavailable (503)" in text and "retry after 5 s" in text
-    shot(page, "detect-error")
-    assert real_errors(page) == []
-
-
-@pytest.mark.skipif(not HAS_DETECTION, reason="no detection service in this checkout")
 def test_detect_draws_boxes_updates_on_threshold_change_and_downloads_json(page, stack, tmp_path):
     login(page, stack, tab="detect")
     page.set_input_files(
@@ -99,7 +84,7 @@ def test_detect_draws_boxes_updates_on_threshold_change_and_downloads_json(page,
 
     with page.expect_download() as dl:
         page.click("#detect-download")
-    body = json.loads(open(dl.value.path()).read())
+    body = json.loads(Path(dl.value.path()).read_text())
     assert body["params"]["box_thresh"] == "0.95" and len(body["results"]) == 2 and body["model"]
 
     page.set_input_files(
@@ -123,20 +108,24 @@ def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path
     page.wait_for_selector("#ft-thumbs canvas >> nth=2")
     page.fill("#ft-steps", "2")
     page.fill("#ft-resolution", "64")
+    assert page.is_checked("#ft-prior")  # prior preservation stays on, with few, cheap class images
+    assert page.input_value("#ft-class-images") == "50" and page.input_value("#ft-class-steps") == "50"
+    page.uncheck("#ft-prior")
+    assert page.is_disabled("#ft-class-images") and page.is_disabled("#ft-class-steps")
+    page.check("#ft-prior")
+    page.fill("#ft-class-images", "2")
+    page.fill("#ft-class-steps", "2")
     page.click("#ft-submit")
     page.wait_for_selector("#ft-progress-box:not([hidden])")
     job_id = page.inner_text("#ft-job").removeprefix("job ")
     page.wait_for_selector("#ft-state.succeeded, #ft-state.failed, #ft-state.canceled", timeout=120_000)
     job = httpx.get(f"{stack.url}/jobs/{job_id}", headers=ALICE).json()
-    assert job["spec"]["config"]["max_train_steps"] == 2 and job["spec"]["config"]["method"] == "lora"
-    if TRAINING:
-        assert page.get_attribute("#ft-state", "class") == "badge succeeded"
-        assert page.eval_on_selector("#ft-progress", "p => p.value === p.max && p.max > 0")
-    else:
-        page.wait_for_selector("#ft-error:not([hidden])")
-        assert "Fine-tune failed: not_implemented: fine-tuning is not implemented yet" in page.inner_text(
-            "#ft-error"
-        )
+    config = job["spec"]["config"]
+    assert config["max_train_steps"] == 2 and config["method"] == "lora" and config["resolution"] == 64
+    assert config["with_prior_preservation"] is True
+    assert config["num_class_images"] == 2 and config["class_images_inference_steps"] == 2
+    assert page.get_attribute("#ft-state", "class") == "badge succeeded", page.inner_text("#ft-error")
+    assert page.eval_on_selector("#ft-progress", "p => p.value === p.max && p.max > 0")
     assert page.is_hidden("#ft-cancel")
     shot(page, "finetune-finished")
     assert real_errors(page) == []
@@ -199,11 +188,6 @@ def test_generate_shows_errors_and_results(page, stack):
     page.fill("#gen-seed", "7")
     page.fill("#gen-count", "2")
     page.click("#gen-submit")
-    if not GENERATION:
-        page.wait_for_selector("#gen-error:has-text('Generation failed')", timeout=60_000)
-        assert "not_implemented" in page.inner_text("#gen-error")
-        shot(page, "generate-failed")
-        return
     page.wait_for_selector(".gen-card >> nth=1", timeout=120_000)
     assert page.is_hidden("#gen-error")
     seeds = page.eval_on_selector_all(".gen-card .seed", "s => s.map(x => x.textContent)")
@@ -211,7 +195,7 @@ def test_generate_shows_errors_and_results(page, stack):
     with page.expect_download() as dl:
         page.click(".gen-card .download >> nth=0")
     assert dl.value.suggested_filename.endswith("-0.png")
-    assert open(dl.value.path(), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert Path(dl.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     shot(page, "generate-gallery")
 
 
