@@ -266,7 +266,7 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
             job.id,
             JobStatus.succeeded,
             expected={JobStatus.running},
-            result={"model": {"key": f"jobs/{job.id}/model/lora.safetensors"}},
+            result={"model": f"jobs/{job.id}/model/pytorch_lora_weights.safetensors", "steps": 4},
         )
 
     thread = threading.Thread(target=worker)
@@ -275,5 +275,4 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     thread.join()
     assert code == 0, err
     assert f"[{'#' * 30}] 4/4  loss 0.25  eta 0s" in err and "status: succeeded" in err
-    print(out)
-    assert json.loads(out)["model"]["url"].endswith(f"/artifacts/jobs/{job.id}/model/lora.safetensors")
+    assert json.loads(out)["model_url"].endswith(f"/artifacts/jobs/{job.id}/model/pytorch_lora_weights.safetensors")
