@@ -6,7 +6,9 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from services.jobs.heartbeat import JobLease, TaskHeartbeat, unacked_index_key
 from services.jobs.schema import Job, JobError, JobStatus
+from services.jobs.settings import JobSettings
 from services.jobs.store import JobNotFound, JobStore, TransitionRefused
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,30 @@ def run_job(store: JobStore, job_id: str, body: Callable[[Job], dict[str, Any]])
                 error=JobError(code="internal_error", message=f"{type(e).__name__}: {e}"))
     else:
         _finish(store, job_id, JobStatus.succeeded, result=result)
+
+
+def run_task(task: Any, store: JobStore, settings: JobSettings, job_id: str,
+             body: Callable[[Job], dict[str, Any]]) -> None:
+    """The body of a bound Celery task: lease the job, keep the message and the lease alive, run it.
+
+    A delivery that finds the job leased by another live worker (its message came back while that worker
+    still runs it, e.g. after a Redis outage longer than the visibility timeout) is retried later instead.
+    """
+    lease = JobLease(store.r, store.prefix, job_id, settings.job_lease_s)
+    if not lease.acquire():
+        log.warning("job %s is leased by %s; retrying this delivery in %d s", job_id, lease.holder(),
+                    settings.job_lease_s)
+        raise task.retry(countdown=settings.job_lease_s, max_retries=None)
+    delivery = getattr(task.request, "delivery_info", None) or {}
+    heartbeat = TaskHeartbeat(store.r, lease, settings.task_heartbeat_s,
+                              unacked_index=unacked_index_key(settings.celery_keyprefix),
+                              delivery_tag=delivery.get("delivery_tag"))
+    try:
+        with heartbeat:
+            heartbeat.beat()  # at once: the message may have waited in the prefetch buffer
+            run_job(store, job_id, body)
+    finally:
+        lease.release()
 
 
 def _finish(store: JobStore, job_id: str, status: JobStatus, **kw: Any) -> None:
