@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.fault("another key's job / artifact / model; path escapes",
-                   "404 for bob on alice's job, cancel, events, images, model; ../ and encoded escapes 404")
+                   "404 for bob on alice's job, cancel, events, images; ../ and encoded escapes 404")
 def test_isolation_and_path_escapes(full_stack):
     alice = httpx.Client(base_url=full_stack.url, headers=ALICE, timeout=60)
     bob = httpx.Client(base_url=full_stack.url, headers=BOB, timeout=60)
