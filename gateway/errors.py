@@ -85,3 +85,43 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_handler)
     app.add_exception_handler(redis.RedisError, redis_down_handler)
     app.add_exception_handler(Exception, unexpected_handler)
+
+
+PROBLEM_SCHEMA = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details",
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string"}, "instance": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+    "additionalProperties": True,
+}
+UNDOCUMENTED_ERRORS = ("/healthz", "/readyz", "/metrics")
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make the OpenAPI say what the handlers do: every error response is application/problem+json."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        ref = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path, operations in schema.get("paths", {}).items():
+            for op in operations.values():
+                responses = op.setdefault("responses", {})
+                for code, response in responses.items():
+                    if code[0] in "45":
+                        response["content"] = ref
+                if path not in UNDOCUMENTED_ERRORS:
+                    responses.setdefault("default", {"description": "an error (RFC 9457 problem details)",
+                                                      "content": ref})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -9,7 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from gateway.auth import load_key_hashes
 from gateway.console import console_app
 from gateway.detection_client import make_client
-from gateway.errors import install_error_handlers
+from gateway.errors import document_problems, install_error_handlers
 from gateway.middleware import MetricsAndHeaders
 from gateway.routes import artifacts, detect, finetune, generate, health, jobs, models
 from gateway.settings import GatewaySettings
@@ -46,6 +46,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
     app = FastAPI(title="DetBooth", version="0.1.0", lifespan=lifespan,
                   description="Text detection (PP-OCR) and DreamBooth personalisation of Stable Diffusion.")
     install_error_handlers(app)
+    document_problems(app)
     for module in (detect, finetune, generate, jobs, artifacts, models, health):
         app.include_router(module.router)
     app.mount("/ui", console_app(), name="ui")
@@ -53,6 +54,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins.split(","),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key",
                                                                          "Content-Type", "Idempotency-Key", "Prefer"])
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_total_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_total_bytes,
+                       read_timeout_s=settings.body_read_timeout_s)
     app.add_middleware(MetricsAndHeaders)
     return app

@@ -24,6 +24,7 @@ class GatewaySettings(BaseSettings):
     max_file_bytes: int = Field(default=20 * MiB, ge=1024)
     max_files: int = Field(default=20, ge=1, description="files per request")
     max_total_bytes: int = Field(default=100 * MiB, ge=1024, description="bytes per request body")
+    body_read_timeout_s: float = Field(default=120.0, gt=0, description="longest time to receive a request body")
     max_image_pixels: int = Field(default=40_000_000, ge=1024, description="pixels per uploaded image")
     max_wait_s: float = Field(default=60.0, ge=0, description="longest `Prefer: wait=N` honoured")
     allowed_base_models: str = Field(

@@ -1,9 +1,11 @@
 """Reading uploads within limits: request bytes (counted while reading), files per request, bytes per file."""
 
+import asyncio
 import base64
 import binascii
 import io
 import json
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -24,12 +26,20 @@ class BodyTooLarge(Problem):
                          type_="content-too-large")
 
 
-class BodySizeLimit:
-    """Refuses a body over `max_bytes`: at once from Content-Length, else while it is being read."""
+class BodyReadTimeout(Problem):
+    def __init__(self, timeout_s: float):
+        super().__init__(408, "Request timeout", f"the request body was not received within {timeout_s:g} s",
+                         type_="request-timeout", headers={"Connection": "close"})
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+
+class BodySizeLimit:
+    """Refuses a body over `max_bytes` (at once from Content-Length, else while it is being read) and a body
+    that takes longer than `read_timeout_s` to arrive (a client trickling bytes: uvicorn has no such timeout)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float = 120.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
@@ -45,10 +55,14 @@ class BodySizeLimit:
             await response(scope, receive, send)
             return
         seen = 0
+        deadline = time.monotonic() + self.read_timeout_s
 
         async def counting_receive() -> Message:
             nonlocal seen
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                raise BodyReadTimeout(self.read_timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
@@ -145,6 +159,9 @@ def parse_json_field(raw: str, name: str) -> dict:
     except json.JSONDecodeError as e:
         raise Problem(422, "Invalid JSON", f"the `{name}` field is not valid JSON: {e.msg}",
                       type_="validation-error") from e
+    except RecursionError:
+        raise Problem(422, "Invalid JSON", f"the `{name}` field is nested too deeply",
+                      type_="validation-error") from None
     if not isinstance(value, dict):
         raise Problem(422, "Invalid JSON", f"the `{name}` field must be a JSON object", type_="validation-error")
     return value

@@ -3,7 +3,7 @@
 import logging
 
 from services.jobs.celery_app import make_celery
-from services.jobs.lifecycle import run_job
+from services.jobs.lifecycle import run_task
 from services.jobs.schema import Job
 from services.jobs.settings import JobSettings
 from services.jobs.store import store_from_settings
@@ -39,11 +39,11 @@ def _generate_body(job: Job) -> dict:
     return worker_for(settings, job_store()).run(job)
 
 
-@app.task(name=FINETUNE_TASK)
-def finetune(job_id: str) -> None:
-    run_job(job_store(), job_id, _finetune_body)
+@app.task(name=FINETUNE_TASK, bind=True, max_retries=None)
+def finetune(self, job_id: str) -> None:
+    run_task(self, job_store(), settings, job_id, _finetune_body)
 
 
-@app.task(name=GENERATE_TASK)
-def generate(job_id: str) -> None:
-    run_job(job_store(), job_id, _generate_body)
+@app.task(name=GENERATE_TASK, bind=True, max_retries=None)
+def generate(self, job_id: str) -> None:
+    run_task(self, job_store(), settings, job_id, _generate_body)

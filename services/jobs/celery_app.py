@@ -31,7 +31,7 @@ def make_celery(settings: JobSettings | None = None) -> Celery:
             "visibility_timeout": s.visibility_timeout,
             "unacked_restore_interval": s.unacked_restore_interval_s,
             "unacked_restore_throttle": 1,
-            "global_keyprefix": f"{s.key_prefix}:celery:",
+            "global_keyprefix": s.celery_keyprefix,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
         },

@@ -1,12 +1,16 @@
 """Drives a job's status around the body of a Celery task, so every task reports the same way."""
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
+from services.jobs.heartbeat import JobLease, TaskHeartbeat, unacked_index_key
 from services.jobs.schema import Job, JobError, JobStatus
+from services.jobs.settings import JobSettings
 from services.jobs.store import JobNotFound, JobStore, TransitionRefused
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,8 @@ def run_job(store: JobStore, job_id: str, body: Callable[[Job], dict[str, Any]])
                 error=JobError(code="time_limit", message="the job ran past its time limit"))
     except NotImplementedError as e:
         _finish(store, job_id, JobStatus.failed, error=JobError(code="not_implemented", message=str(e)))
+    except STORE_DOWN:
+        raise  # not the job's fault: the task runs it again (run_task) instead of failing it
     except Exception as e:  # the job fails; the worker stays up for the next one
         log.exception("job %s failed", job_id)
         _finish(store, job_id, JobStatus.failed,
@@ -68,8 +74,70 @@ def run_job(store: JobStore, job_id: str, body: Callable[[Job], dict[str, Any]])
         _finish(store, job_id, JobStatus.succeeded, result=result)
 
 
+# the job store (Redis) cannot be reached: a job that meets these is run again, never failed
+STORE_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+def wait_for_store(store: JobStore, timeout_s: float) -> bool:
+    """Wait (bounded) until the job store answers again."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        try:
+            return store.ping()
+        except STORE_DOWN:
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+def run_task(task: Any, store: JobStore, settings: JobSettings, job_id: str,
+             body: Callable[[Job], dict[str, Any]]) -> None:
+    """The body of a bound Celery task: lease the job, keep the message and the lease alive, run it.
+
+    A delivery that finds the job leased by another live worker (its message came back while that worker
+    still runs it, e.g. after a Redis outage longer than the visibility timeout) is retried later instead.
+    """
+    lease = JobLease(store.r, store.prefix, job_id, settings.job_lease_s)
+    if not lease.acquire():
+        log.warning("job %s is leased by %s; retrying this delivery in %d s", job_id, lease.holder(),
+                    settings.job_lease_s)
+        raise task.retry(countdown=settings.job_lease_s, max_retries=None)
+    delivery = getattr(task.request, "delivery_info", None) or {}
+    heartbeat = TaskHeartbeat(store.r, lease, settings.task_heartbeat_s,
+                              unacked_index=unacked_index_key(settings.celery_keyprefix),
+                              delivery_tag=delivery.get("delivery_tag"))
+    try:
+        with heartbeat:
+            heartbeat.beat()  # at once: the message may have waited in the prefetch buffer
+            run_job(store, job_id, body)
+    except STORE_DOWN as e:
+        # Redis went away under the job: once it is back, deliver the task again (it resumes from its
+        # checkpoint). If it stays away, the unacknowledged message comes back after the visibility timeout.
+        log.warning("job %s: the job store went away (%s); running it again once it answers", job_id,
+                    type(e).__name__)
+        if not wait_for_store(store, STORE_WAIT_S):
+            raise
+        raise task.retry(countdown=1, max_retries=None) from e
+    finally:
+        try:
+            lease.release()
+        except STORE_DOWN:
+            pass  # it lapses by itself
+
+
+STORE_WAIT_S = 300  # how long a finished job waits for the job store to record how it ended
+
+
 def _finish(store: JobStore, job_id: str, status: JobStatus, **kw: Any) -> None:
     try:
-        store.transition(job_id, status, expected={JobStatus.running}, **kw)
+        try:
+            store.transition(job_id, status, expected={JobStatus.running}, **kw)
+        except STORE_DOWN:  # the work is done: record it once Redis is back rather than doing it again
+            log.warning("job %s ended (%s) while the job store is away; waiting for it", job_id, status.value)
+            if not wait_for_store(store, STORE_WAIT_S):
+                raise
+            store.transition(job_id, status, expected={JobStatus.running}, **kw)
     except TransitionRefused as e:
         log.warning("job %s could not become %s: %s", job_id, status.value, e)

@@ -22,25 +22,45 @@ class JobSettings(BaseSettings):
     unacked_restore_interval_s: int = Field(
         default=2, ge=1, description="how often Celery workers look for messages whose worker died"
     )
-    visibility_timeout_s: int | None = Field(
-        default=None,
-        description="seconds before an unacknowledged task is delivered again; default: longest time limit + 10 min",
+    # A running task's heartbeat (services/jobs/heartbeat.py) keeps its message's unacked score fresh, so the
+    # visibility timeout no longer bounds how long a job may run: it only sets how soon the task of a worker
+    # that died (main process killed, machine lost) is delivered again, about visibility_timeout_s +
+    # unacked_restore_interval_s after its last heartbeat.
+    visibility_timeout_s: int = Field(
+        default=60, ge=3,
+        description="seconds without a heartbeat before an unacknowledged task is delivered again",
+    )
+    task_heartbeat_s: float = Field(
+        default=5.0, gt=0, description="how often a running task refreshes its message and its job lease"
+    )
+    job_lease_s: int = Field(
+        default=30, ge=2, description="a job's lease lapses this long after its worker's last heartbeat"
     )
 
     @model_validator(mode="after")
     def _check(self) -> "JobSettings":
-        longest = max(self.finetune_time_limit_s, self.generate_time_limit_s)
-        if self.visibility_timeout_s is not None and self.visibility_timeout_s <= longest:
+        if self.task_heartbeat_s * 3 > self.visibility_timeout_s:
             raise ValueError(
-                f"DETBOOTH_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s} must exceed the longest job time "
-                f"limit ({longest} s), or a running job would be delivered to a second worker"
+                f"DETBOOTH_TASK_HEARTBEAT_S={self.task_heartbeat_s} must be at most a third of "
+                f"DETBOOTH_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s}, or a live task could be "
+                "delivered to a second worker"
+            )
+        if not self.task_heartbeat_s * 2 <= self.job_lease_s <= self.visibility_timeout_s:
+            raise ValueError(
+                f"DETBOOTH_JOB_LEASE_S={self.job_lease_s} must be at least twice DETBOOTH_TASK_HEARTBEAT_S "
+                f"({self.task_heartbeat_s}) and at most DETBOOTH_VISIBILITY_TIMEOUT_S "
+                f"({self.visibility_timeout_s}), so a dead worker's lease has lapsed when its task comes back"
             )
         return self
 
     @property
     def visibility_timeout(self) -> int:
-        longest = max(self.finetune_time_limit_s, self.generate_time_limit_s)
-        return self.visibility_timeout_s or longest + 600
+        return self.visibility_timeout_s
+
+    @property
+    def celery_keyprefix(self) -> str:
+        """Kombu's global key prefix: every broker key (queues, unacked index) starts with it."""
+        return f"{self.key_prefix}:celery:"
 
     @property
     def artifacts_location(self) -> str:

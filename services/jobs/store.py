@@ -13,7 +13,6 @@ from typing import Any
 
 import redis
 
-from services.jobs.settings import JobSettings
 from services.jobs.schema import (
     ALLOWED_TRANSITIONS,
     Job,
@@ -23,6 +22,7 @@ from services.jobs.schema import (
     Progress,
     utcnow,
 )
+from services.jobs.settings import JobSettings
 
 # KEYS: job hash, events stream. ARGV: allowed current statuses (comma list, "" = any), new status
 # ("" = keep), ttl seconds (0 = none), stream maxlen, event type, event json, incr-attempts flag, then

@@ -20,6 +20,7 @@ from PIL import Image
 from services.dreambooth import tasks
 from services.dreambooth.config import FinetuneConfig
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.heartbeat import lease_key
 from services.jobs.schema import JobStatus, JobType
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore, new_job_id
@@ -115,7 +116,8 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     job = create_job(store, artifacts, {**CONFIG, "with_prior_preservation": False, "max_train_steps": 10,
                                         "checkpoint_every": 2, "keep_last_checkpoints": 2})
     worker_env = {**os.environ, "DETBOOTH_DATA_DIR": str(settings.data_dir), "DETBOOTH_KEY_PREFIX": store.prefix,
-                  "DETBOOTH_SD_BASE_MODEL": str(tiny_sd), "DETBOOTH_REDIS_URL": settings.redis_url}
+                  "DETBOOTH_SD_BASE_MODEL": str(tiny_sd), "DETBOOTH_REDIS_URL": settings.redis_url,
+                  "DETBOOTH_TASK_HEARTBEAT_S": "0.5", "DETBOOTH_JOB_LEASE_S": "2"}
     worker = subprocess.Popen([sys.executable, "-c", f"from services.dreambooth import tasks; tasks.finetune({job.id!r})"],
                               env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -130,6 +132,9 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     assert killed.status == JobStatus.running and killed.progress.step < 10
     newest = max(int(k.rsplit("-", 1)[1].split(".")[0]) for k in artifacts.list(f"jobs/{job.id}/checkpoints"))
 
+    deadline = time.monotonic() + 10  # the dead worker's job lease lapses (before Celery would redeliver)
+    while store.r.exists(lease_key(store.prefix, job.id)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     tasks.finetune(job.id)  # Celery delivers the unacknowledged task again
     job = store.get(job.id)
     assert job.status == JobStatus.succeeded, job.error
