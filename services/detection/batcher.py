@@ -261,6 +261,10 @@ class DynamicBatcher:
                 for h, w in self.buckets:
                     self.engine.infer(np.zeros((1, 3, h, w), dtype=np.float32))
                     self.warmed_buckets += 1
+                # a full batch of the largest bucket: engine memory pools (onnxruntime's arena, Paddle's
+                # allocator) reach their working size before the service says ready, not under load
+                h, w = max(self.buckets, key=lambda hw: hw[0] * hw[1])
+                self.engine.infer(np.zeros((self.max_batch_size, 3, h, w), dtype=np.float32))
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             self._loop.call_soon_threadsafe(_settle, ready, None, exc)
             return
