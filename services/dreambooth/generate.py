@@ -62,7 +62,10 @@ class GenerationWorker:
         self.dtype = pick_dtype(self.settings.dtype, self.device)
         self.cache = PipelineCache(int(self.settings.pipeline_cache_gb * 1e9))
         self.claims = (
-            BatchClaims(self.store.r, self.store.prefix) if self.settings.gen_batch_same_shape else None
+            # the same lease length as every job's (renewed each step), so a dead worker's batch is
+            # taken over as soon as its jobs are redelivered
+            BatchClaims(self.store.r, self.store.prefix, lease_s=JobSettings().job_lease_s)
+            if self.settings.gen_batch_same_shape else None
         )
 
     # models
