@@ -51,9 +51,9 @@ class Service:
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
         self.log_path = log_dir / f"{self.name}.log"
-        out = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+        with open(self.log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.popen = subprocess.Popen(self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
         self.started_at = time.monotonic()
         log.info("started %s (pid %d), log: %s", self.name, self.popen.pid, self.log_path)
 
