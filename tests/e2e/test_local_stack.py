@@ -14,6 +14,18 @@ import pytest
 from tests.procs import ROOT, free_port
 
 
+def workers(parent: int) -> list[psutil.Process]:
+    """The live Celery worker main processes that `parent` started."""
+    found = []
+    for p in psutil.Process(parent).children():
+        try:
+            if "celery" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # exited (a zombie until the supervisor reaps it)
+            pass
+    return found
+
+
 @pytest.mark.slow
 def test_stack_starts_everything_restarts_the_dead_and_stops_cleanly(tmp_path):
     gw, det, dead_redis = free_port(), free_port(), free_port()
@@ -52,7 +64,15 @@ def test_stack_starts_everything_restarts_the_dead_and_stops_cleanly(tmp_path):
                 pass
             assert time.monotonic() < deadline, (tmp_path / "stack.log").read_text()
             time.sleep(0.5)
-        assert "restarting" in (tmp_path / "stack.log").read_text()
+        assert "gateway exited" in (tmp_path / "stack.log").read_text()
+        # so is a dead Celery worker (its main process killed: its pool child dies with it)
+        [worker] = workers(stack.pid)
+        worker.kill()
+        deadline = time.monotonic() + 120
+        while not [p for p in workers(stack.pid) if p.pid != worker.pid]:
+            assert time.monotonic() < deadline, (tmp_path / "stack.log").read_text()
+            time.sleep(0.5)
+        assert "worker exited" in (tmp_path / "stack.log").read_text()
         children = psutil.Process(stack.pid).children(recursive=True)
     finally:
         stack.send_signal(signal.SIGTERM)
