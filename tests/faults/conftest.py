@@ -81,7 +81,7 @@ def full_stack(redis_server, logs_dir, tmp_path_factory):
         env = base_env(redis_server, tmp_path_factory.mktemp("faults-data"), DETBOOTH_DETECTION_URL=detection.url,
                        DETBOOTH_RATE_LIMIT_PER_MINUTE="100000", DETBOOTH_MAX_TOTAL_BYTES="3000000",
                        DETBOOTH_MAX_FILE_BYTES="1000000", DETBOOTH_DETECTION_TIMEOUT_S="20",
-                       DETBOOTH_MAX_WAIT_S="5", DETBOOTH_BODY_READ_TIMEOUT_S="3",
+                       DETBOOTH_MAX_WAIT_S="5", DETBOOTH_BODY_READ_TIMEOUT_S="3", DETBOOTH_GEN_MAX_SIDE="128",
                        **FAST_REDELIVERY)
         gateway, url = start_gateway(env, logs_dir)
         started.append(gateway)
