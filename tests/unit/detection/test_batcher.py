@@ -63,7 +63,9 @@ def test_warms_every_bucket_on_every_engine_thread():
         return b
 
     b = run(main())
-    assert sorted(engine.calls) == sorted([(1, 3, h, w) for h, w in all_buckets([32, 64])] * 2)
+    # each thread: batch 1 of every bucket, then one full batch of the largest (memory pools at working size)
+    expected = [(1, 3, h, w) for h, w in all_buckets([32, 64])] + [(b.max_batch_size, 3, 64, 64)]
+    assert sorted(engine.calls) == sorted(expected * 2)
     assert b.warmed_buckets == 8 and len(engine.threads) == 2
 
 
