@@ -10,6 +10,10 @@ import redis
 
 from tests.procs import Proc, start_redis
 
+# No test may reach a model hub: every process the suite starts inherits this. The one test of the online
+# download path lifts it and replaces the download with a copy of a local folder.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 def _cuda() -> bool:
     try:
