@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CHROMIUM := $(VENV)/.chromium
+FONTS    := $(VENV)/.fonts
 PYTEST_ARGS ?=
 
 .PHONY: install run test test-fast bench gpu-check lint compose-check clean
@@ -28,15 +29,23 @@ $(CHROMIUM):
 	@[ -x /usr/bin/chromium ] || { echo "error: /usr/bin/chromium is missing: install Debian's chromium package" >&2; exit 1; }
 	@mkdir -p $(VENV) && touch $@
 
-install: $(STAMP) $(CHROMIUM)
+# Latin and CJK fonts for the detection calibration/validation renderer (services/detection/textset).
+$(FONTS):
+	@if { [ ! -d /usr/share/fonts/truetype/wqy ] || [ ! -d /usr/share/fonts/truetype/dejavu ]; } && command -v apt-get >/dev/null; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends fonts-dejavu-core fonts-wqy-microhei; \
+	fi
+	@mkdir -p $(VENV) && touch $@
 
-run: $(STAMP)
+install: $(STAMP) $(CHROMIUM) $(FONTS)
+
+run: $(STAMP) $(FONTS)
 	$(PY) -m services.stack
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(FONTS)
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-test-fast: $(STAMP) $(CHROMIUM)
+test-fast: $(STAMP) $(CHROMIUM) $(FONTS)
 	$(PY) -m pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
