@@ -19,6 +19,7 @@ from services.jobs.artifacts import ArtifactStore
 from services.jobs.celery_app import make_celery
 from services.jobs.settings import JobSettings
 from services.jobs.store import store_from_settings
+from services.jobs.webhooks import start_webhook_dispatcher
 
 log = logging.getLogger("gateway")
 
@@ -40,7 +41,10 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
             log.warning("no API keys configured: serving without authentication on %s only",
                         settings.gateway_host)
         app.state.detbooth = state
+        dispatcher = start_webhook_dispatcher(state.store.r, job_settings)
         yield
+        if dispatcher is not None:
+            dispatcher.stop()
         await state.detection.aclose()
 
     app = FastAPI(title="DetBooth", version="0.1.0", lifespan=lifespan,

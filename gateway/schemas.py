@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.jobs.schema import Job, JobError, JobStatus, JobType, Progress
+from services.jobs.webhooks import WebhookRequest
 
 
 class LimitType(StrEnum):
@@ -57,7 +58,7 @@ class DetectResponse(BaseModel):
     results: list[DetectResult]
 
 
-class FinetuneJSON(BaseModel):
+class FinetuneJSON(WebhookRequest):
     model_config = ConfigDict(extra="forbid")
 
     images: list[str] = Field(description="3–20 base64 images of the subject")
