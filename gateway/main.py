@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from gateway.auth import load_key_hashes
+from gateway.keys import KeyRing
 from gateway.console import console_app
 from gateway.detection_client import make_client
 from gateway.errors import document_problems, install_error_handlers
@@ -35,9 +35,9 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
             artifacts=ArtifactStore(job_settings.artifacts_location), celery=make_celery(job_settings),
             detection=make_client(settings.detection_url, settings.detection_connect_timeout_s,
                                   settings.detection_timeout_s),
-            key_hashes=load_key_hashes(settings.keys),
+            keys=KeyRing(settings.api_keys, settings.api_keys_file),
         )
-        if not state.key_hashes:
+        if not state.keys.configured:
             log.warning("no API keys configured: serving without authentication on %s only",
                         settings.gateway_host)
         app.state.detbooth = state

@@ -7,6 +7,7 @@ import httpx
 from celery import Celery
 from fastapi import Depends, Request
 
+from gateway.keys import KeyRing
 from gateway.settings import GatewaySettings
 from services.jobs.artifacts import ArtifactStore
 from services.jobs.settings import JobSettings
@@ -21,7 +22,7 @@ class AppState:
     artifacts: ArtifactStore
     celery: Celery
     detection: httpx.AsyncClient
-    key_hashes: dict[str, str]  # sha256(key) -> owner id
+    keys: KeyRing
 
 
 def get_state(request: Request) -> AppState:
