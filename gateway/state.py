@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from gateway.keys import KeyRing
 from gateway.settings import GatewaySettings
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.monitoring import WorkerRegistry
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore
 
@@ -23,6 +24,7 @@ class AppState:
     celery: Celery
     detection: httpx.AsyncClient
     keys: KeyRing
+    workers: WorkerRegistry
 
 
 def get_state(request: Request) -> AppState:
