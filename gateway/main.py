@@ -17,6 +17,7 @@ from gateway.state import AppState
 from gateway.uploads import BodySizeLimit
 from services.jobs.artifacts import ArtifactStore
 from services.jobs.celery_app import make_celery
+from services.jobs.monitoring import WorkerRegistry, monitoring_client
 from services.jobs.settings import JobSettings
 from services.jobs.store import store_from_settings
 
@@ -35,6 +36,8 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
             detection=make_client(settings.detection_url, settings.detection_connect_timeout_s,
                                   settings.detection_timeout_s),
             key_hashes=load_key_hashes(settings.keys),
+            workers=WorkerRegistry(monitoring_client(job_settings.redis_url), job_settings.key_prefix,
+                                   ttl_s=3 * job_settings.worker_heartbeat_s),
         )
         if not state.key_hashes:
             log.warning("no API keys configured: serving without authentication on %s only",

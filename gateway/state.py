@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from gateway.settings import GatewaySettings
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.monitoring import WorkerRegistry
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore
 
@@ -22,6 +23,7 @@ class AppState:
     celery: Celery
     detection: httpx.AsyncClient
     key_hashes: dict[str, str]  # sha256(key) -> owner id
+    workers: WorkerRegistry
 
 
 def get_state(request: Request) -> AppState:

@@ -36,6 +36,9 @@ class JobSettings(BaseSettings):
     job_lease_s: int = Field(
         default=30, ge=2, description="a job's lease lapses this long after its worker's last heartbeat"
     )
+    worker_heartbeat_s: float = Field(
+        default=5.0, gt=0, description="how often a worker records that it is up; down after 3 missed beats"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "JobSettings":
