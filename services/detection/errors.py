@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batcher import DeadlineExceeded, QueueFull, ShuttingDown
+from .decode import ImageDecodeError
 from .pipeline import InvalidImage
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ def status_of(exc: Exception) -> int:
         return exc.status
     if isinstance(exc, InvalidImage):
         return exc.error.status
+    if isinstance(exc, ImageDecodeError):
+        return exc.status
     if isinstance(exc, (QueueFull, ShuttingDown)):
         return 503
     if isinstance(exc, DeadlineExceeded):
@@ -93,6 +96,10 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def _invalid_image(_: Request, exc: InvalidImage):
         err = exc.error
         return problem(err.status, err.slug, err.title, f"images[{exc.index}]: {err}")
+
+    @app.exception_handler(ImageDecodeError)
+    async def _request_images(_: Request, exc: ImageDecodeError):  # about the request as a whole (e.g. its pages)
+        return problem(exc.status, exc.slug, exc.title, str(exc))
 
     @app.exception_handler(QueueFull)
     async def _queue_full(_: Request, exc: QueueFull):

@@ -22,6 +22,7 @@ from services.jobs.schema import (
     Progress,
     utcnow,
 )
+from services.jobs.monitoring import JobStats
 from services.jobs.settings import JobSettings
 
 # KEYS: job hash, events stream. ARGV: allowed current statuses (comma list, "" = any), new status
@@ -110,6 +111,7 @@ class JobStore:
         self.events_maxlen = events_maxlen
         self._update = client.register_script(_UPDATE)
         self._create = client.register_script(_CREATE)
+        self.stats = JobStats(client, prefix)
 
     # keys
     def _job_key(self, job_id: str) -> str:
@@ -238,7 +240,10 @@ class JobStore:
             data["result"] = result
         self._run_update(job_id, allowed=allowed, new=new, fields=fields, event="status", event_data=data,
                          incr_attempts=new == JobStatus.running)
-        return self.get(job_id)
+        job = self.get(job_id)
+        ran = (job.finished_at - job.started_at).total_seconds() if new.terminal and job.started_at else None
+        self.stats.record(job.id, job.type.value, new.value, ran)
+        return job
 
     def report_progress(self, job_id: str, progress: Progress, metrics: dict[str, float] | None = None) -> None:
         """Record progress of a running job; ignored (TransitionRefused) once the job left `running`."""
