@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.jobs.schema import Job, JobError, JobStatus, JobType, Progress
+from services.jobs.webhooks import WebhookRequest
 
 
 class LimitType(StrEnum):
@@ -31,6 +32,9 @@ class DetectParams(BaseModel):
     limit_side_len: int | None = Field(default=None, ge=32, le=4096, description="resize target side")
     limit_type: LimitType | None = None
     box_type: BoxType | None = None
+    pages: str | None = Field(default=None, max_length=200, description="pages of each PDF/TIFF, e.g. 1-3,5")
+    dpi: int | None = Field(default=None, ge=18, le=1200, description="PDF render resolution (default 144)")
+    previews: bool | None = Field(default=None, description="return PDF/TIFF pages as JPEG data URLs")
 
 
 class DetectJSON(BaseModel):
@@ -46,6 +50,9 @@ class DetectBox(BaseModel):
 
 
 class DetectResult(BaseModel):
+    source: int = 0
+    page: int | None = None
+    preview: str | None = None
     width: int
     height: int
     boxes: list[DetectBox]
@@ -57,7 +64,7 @@ class DetectResponse(BaseModel):
     results: list[DetectResult]
 
 
-class FinetuneJSON(BaseModel):
+class FinetuneJSON(WebhookRequest):
     model_config = ConfigDict(extra="forbid")
 
     images: list[str] = Field(description="3–20 base64 images of the subject")

@@ -4,6 +4,7 @@ page the size of a football field is refused in milliseconds. Pages are then ren
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import threading
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import cv2
 import numpy as np
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_raw
@@ -213,6 +215,20 @@ def _select(document: Document, pages: PageSpec | None, max_pages: int) -> list[
         return pages.select(count)
     except ValueError as exc:
         raise PageOutOfRange(str(exc)) from exc
+
+
+def page_preview(image: np.ndarray, max_side: int = 1600, quality: int = 85) -> str:
+    """A rendered page as a JPEG data URL, its longest side at most ``max_side``: what a client without a PDF or
+    TIFF decoder (a browser) draws the page's boxes on, scaled by the preview's size over the page's."""
+    height, width = image.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise CorruptDocument("the page could not be encoded as a preview")
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg.tobytes()).decode("ascii")
 
 
 @dataclass(frozen=True)

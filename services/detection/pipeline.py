@@ -13,7 +13,7 @@ import numpy as np
 
 from .batcher import DynamicBatcher
 from .decode import ImageDecodeError, decode_image
-from .documents import OpenedDocument, TooManyPages, open_document, sniff
+from .documents import OpenedDocument, TooManyPages, open_document, page_preview, sniff
 from .postprocess import DBPostProcessor, PostprocessConfig
 from .preprocess import NormalizeConfig, ResizeConfig, preprocess
 from .schemas import Box, DetectParams, ImageResult
@@ -47,6 +47,7 @@ class _Prepared:
     src_hw: tuple[int, int]
     decode_ms: float
     preprocess_ms: float
+    preview: str | None = None
 
 
 class Detector:
@@ -80,7 +81,7 @@ class Detector:
             raise InvalidImage(index, exc) from exc
         return _Source(index, data, opened)
 
-    def _prepare(self, source: _Source, page: int | None, resize: ResizeConfig) -> _Prepared:
+    def _prepare(self, source: _Source, page: int | None, resize: ResizeConfig, previews: bool) -> _Prepared:
         t0 = time.perf_counter()
         try:
             if source.document is None:
@@ -92,7 +93,8 @@ class Detector:
         t1 = time.perf_counter()
         tensor = preprocess(image, resize, self.normalize)
         t2 = time.perf_counter()
-        return _Prepared(tensor, image.shape[:2], (t1 - t0) * 1000, (t2 - t1) * 1000)
+        preview = page_preview(image) if previews and page is not None else None
+        return _Prepared(tensor, image.shape[:2], (t1 - t0) * 1000, (t2 - t1) * 1000, preview)
 
     async def _prepare_all(self, images: list[bytes], params: DetectParams,
                            resize: ResizeConfig) -> tuple[list[tuple[_Source, int | None]], list[_Prepared]]:
@@ -109,7 +111,8 @@ class Detector:
                                    f"{self.max_pages} per request")
             # every page finishes (or fails) before the documents close below, so none renders a closed one
             prepared = _raise_first(await asyncio.gather(
-                *(loop.run_in_executor(self.pool, self._prepare, source, page, resize) for source, page in pages),
+                *(loop.run_in_executor(self.pool, self._prepare, source, page, resize, params.previews)
+                  for source, page in pages),
                 return_exceptions=True))
         finally:
             for source in opened:
@@ -136,7 +139,7 @@ class Detector:
             timing = {"decode": p.decode_ms, "preprocess": p.preprocess_ms, "queue": info.queue_ms,
                       "inference": info.engine_ms, "postprocess": post_ms}
             results.append(ImageResult(
-                source=source.index, page=page, width=p.src_hw[1], height=p.src_hw[0],
+                source=source.index, page=page, width=p.src_hw[1], height=p.src_hw[0], preview=p.preview,
                 boxes=[Box(points=b.points.tolist(), score=b.score) for b in found],
                 timing_ms={k: round(v, 3) for k, v in timing.items()},
             ))

@@ -24,6 +24,8 @@ class DetectParams(BaseModel):
     pages: str | None = Field(None, max_length=200, examples=["1-3,5", "2-"],
                               description="pages of each PDF/TIFF to detect on (from 1); default: all")
     dpi: int | None = Field(None, ge=18, le=1200, description="resolution PDF pages are rendered at (default 144)")
+    previews: bool = Field(False, description="return each PDF/TIFF page as a JPEG data URL (longest side <= 1600) "
+                                              "to draw its boxes on")
 
     @field_validator("pages")
     @classmethod
@@ -53,6 +55,7 @@ class ImageResult(BaseModel):
     page: int | None = Field(None, description="page number (from 1) when the upload is a PDF or TIFF")
     width: int
     height: int
+    preview: str | None = Field(None, description="the page as a JPEG data URL, when `previews` was asked for")
     boxes: list[Box]
     timing_ms: dict[str, float]
 

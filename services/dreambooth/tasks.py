@@ -33,7 +33,8 @@ def _finetune_body(job: Job) -> dict:
 
     db = DreamboothSettings()
     return run_finetune_job(job, job_store(), ArtifactStore(settings.artifacts_location), settings.data_dir,
-                            base_model_spec=db.sd_base_model, single_file_config=db.sd_single_file_config)
+                            base_model_spec=db.sd_base_model, single_file_config=db.sd_single_file_config,
+                            class_cache_bytes=int(db.class_images_cache_gb * 1e9))
 
 
 def _generate_body(job: Job) -> dict:

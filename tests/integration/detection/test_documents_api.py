@@ -4,10 +4,12 @@ as a PNG, mixed freely with images; bad documents get a fast 4xx and the service
 from __future__ import annotations
 
 import base64
+import io
 import time
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.detection_support import encode, recall, render_lines
 from tests.document_support import (blank_pdf, empty_pdf, encrypted_pdf, multipage_tiff, pil_from_bgr,
@@ -64,6 +66,19 @@ def test_documents_and_images_mix_in_multipart_and_json(detection, text_pdf):
         "images": [base64.b64encode(u).decode() for u in uploads], "params": {"pages": "1-2"}})
     assert as_json.status_code == 200, as_json.text
     assert [x["boxes"] for x in as_json.json()["results"]] == [x["boxes"] for x in multipart]
+
+
+def test_previews_show_each_page_for_clients_without_a_pdf_renderer(detection, text_pdf):
+    pdf, _ = text_pdf
+    image, _ = render_lines(3, 320, 160)
+    r = post(detection.url, [encode(image), pdf], pages="2", previews="true")
+    assert r.status_code == 200, r.text
+    plain, page = r.json()["results"]
+    assert plain["preview"] is None and page["page"] == 2
+    jpeg = base64.b64decode(page["preview"].removeprefix("data:image/jpeg;base64,"))
+    with Image.open(io.BytesIO(jpeg)) as preview:
+        assert preview.size == (page["width"], page["height"])
+    assert post(detection.url, [pdf], pages="2").json()["results"][0]["preview"] is None  # only when asked
 
 
 def bad_documents() -> dict:

@@ -9,7 +9,8 @@ from PIL import Image
 
 from services.detection.decode import ImageDecodeError
 from services.detection.documents import (CorruptDocument, EmptyDocument, EncryptedDocument, PageOutOfRange,
-                                          PageTooLarge, TooManyPages, iter_pages, open_document, sniff)
+                                          PageTooLarge, TooManyPages, iter_pages, open_document, page_preview,
+                                          sniff)
 from services.detection.page_spec import parse_page_spec
 from tests.detection_support import render_lines
 from tests.document_support import (blank_pdf, empty_pdf, encrypted_pdf, image_pdf, multipage_tiff, pil_from_bgr,
@@ -134,3 +135,18 @@ def test_a_closed_document_refuses_to_render(text_pdf):
     opened.close()  # twice is harmless
     with pytest.raises(ImageDecodeError, match="closed"):
         opened.document.render(1)
+
+
+def test_page_preview_is_a_jpeg_no_larger_than_asked(text_pdf):
+    import base64
+    import io
+
+    page = next(iter_pages(text_pdf, dpi=144))
+    small = page_preview(page.image, max_side=420)
+    assert small.startswith("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(small.split(",", 1)[1]))) as jpeg:
+        assert jpeg.format == "JPEG" and jpeg.size == (420, 300)
+    with Image.open(io.BytesIO(base64.b64decode(page_preview(page.image).split(",", 1)[1]))) as full:
+        assert full.size == (840, 600)  # under the default 1600: kept at its size
+        diff = np.abs(np.asarray(full.convert("RGB"), np.int16)[:, :, ::-1] - page.image.astype(np.int16))
+        assert diff.mean() < 3  # the page itself, not something else
