@@ -61,6 +61,8 @@ class DetectResult(BaseModel):
 
 class DetectResponse(BaseModel):
     model: str
+    precision: str = Field("fp32", description="the precision the detection engine served at (fp32, bf16, fp16, "
+                                               "int8); reduced ones passed the precision guard")
     results: list[DetectResult]
 
 
