@@ -9,7 +9,8 @@ from gateway.detection_client import forward
 from gateway.errors import Problem, validation_problem
 from gateway.schemas import DetectJSON, DetectParams, DetectResponse
 from gateway.state import State
-from gateway.uploads import decode_base64_images, read_multipart
+from gateway.multipart_check import scan_multipart
+from gateway.uploads import decode_base64_images
 
 router = APIRouter(tags=["detection"])
 
@@ -37,30 +38,27 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
     """Find text boxes in one or more images (multipart `images`, or JSON base64) with optional thresholds."""
     s = state.settings
     ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        files, fields = await read_multipart(request, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
-        try:
-            params = DetectParams.model_validate(fields)
-        except ValidationError as e:
-            raise validation_problem(e) from e
-    elif ctype.startswith("application/json"):
-        try:
-            body = DetectJSON.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise validation_problem(e) from e
-        files = decode_base64_images(body.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
-        params = body.params
-    else:
+    if not ctype.startswith(("multipart/form-data", "application/json")):
         raise Problem(415, "Unsupported media type", "send multipart/form-data with `images` files, "
                       "or application/json with base64 `images`", type_="unsupported-media-type")
-    if not files:
+    body = await request.body()  # counted and capped by BodySizeLimit while it arrives
+    if ctype.startswith("multipart/form-data"):
+        form = scan_multipart(body, ctype, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
+        try:
+            DetectParams.model_validate(form.fields)
+        except ValidationError as e:
+            raise validation_problem(e) from e
+        count = len(form.files)
+    else:
+        try:
+            parsed = DetectJSON.model_validate_json(body)
+        except ValidationError as e:
+            raise validation_problem(e) from e
+        count = len(decode_base64_images(parsed.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes))
+    if not count:
         raise Problem(422, "No images", "send at least one image in the `images` field", type_="validation-error")
-    data = {k: str(v.value if hasattr(v, "value") else v) for k, v in params.model_dump(exclude_none=True).items()}
-    upstream = await forward(
-        state.detection, "POST", "/v1/detect", data=data,
-        files=[("images", (f.filename, f.data, f.content_type or "application/octet-stream")) for f in files],
-    )
+    # the body as received: no second parse, no re-encoding; the detection service reads the same format
+    upstream = await forward(state.detection, "POST", "/v1/detect", content=body, headers={"content-type": ctype})
     passthrough = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after",)}
     return Response(upstream.content, status_code=upstream.status_code, headers=passthrough,
                     media_type=upstream.headers.get("content-type", "application/json"))
-
