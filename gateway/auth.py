@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.errors import Problem
 from gateway.state import State
+from services.contracts.problems import Problem
 
 log = logging.getLogger(__name__)
 ANONYMOUS = "anonymous"

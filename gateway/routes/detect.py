@@ -6,10 +6,10 @@ from pydantic import ValidationError
 
 from gateway.auth import Caller
 from gateway.detection_client import forward
-from gateway.errors import Problem, validation_problem
-from gateway.schemas import DetectJSON, DetectParams, DetectResponse
 from gateway.state import State
 from gateway.uploads import decode_base64_images, read_multipart
+from services.contracts.detect import DetectJSONRequest, DetectParams, DetectResponse
+from services.contracts.problems import Problem, validation_problem
 
 router = APIRouter(tags=["detection"])
 
@@ -24,7 +24,7 @@ _OPENAPI_BODY = {
                     **{k: v for k, v in DetectParams.model_json_schema()["properties"].items()},
                 },
             }},
-            "application/json": {"schema": DetectJSON.model_json_schema(ref_template="#/components/schemas/{model}")},
+            "application/json": {"schema": DetectJSONRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
         },
     }
 }
@@ -45,7 +45,7 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
             raise validation_problem(e) from e
     elif ctype.startswith("application/json"):
         try:
-            body = DetectJSON.model_validate_json(await request.body())
+            body = DetectJSONRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise validation_problem(e) from e
         files = decode_base64_images(body.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)

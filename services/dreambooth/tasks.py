@@ -2,9 +2,9 @@
 
 import logging
 
+from services.contracts.jobs import Job
 from services.jobs.celery_app import make_celery
 from services.jobs.lifecycle import run_task
-from services.jobs.schema import Job
 from services.jobs.settings import JobSettings
 from services.jobs.store import store_from_settings
 from services.jobs.tasks import FINETUNE_TASK, GENERATE_TASK
