@@ -5,6 +5,8 @@ Errors are one line on stderr and a non-zero exit (1: the request or the job fai
 """
 
 import argparse
+import base64
+import io
 import json
 import os
 import sys
@@ -112,6 +114,9 @@ def cmd_detect(client: DetBoothClient, args: argparse.Namespace) -> int:
         "unclip_ratio": args.unclip_ratio,
         "box_type": args.box_type,
         "limit_side_len": args.limit_side_len,
+        "pages": args.pages,
+        "dpi": args.dpi,
+        "previews": True if args.draw else None,  # PDF/TIFF pages come back as JPEGs to draw on
     }
     body = client.detect(paths, **params)
     if args.draw:
@@ -122,33 +127,54 @@ def cmd_detect(client: DetBoothClient, args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     print(f"model: {body['model']}")
-    for path, res in zip(paths, body["results"]):
-        print(f"{path}: {res['width']}x{res['height']}, {len(res['boxes'])} boxes")
+    for res in body["results"]:
+        print(f"{result_name(paths, res)}: {res['width']}x{res['height']}, {len(res['boxes'])} boxes")
         for box in res["boxes"]:
             pts = " ".join(f"{x:.0f},{y:.0f}" for x, y in box["points"])
             print(f"  {box['score']:.3f}  {pts}")
     return 0
 
 
-def draw_boxes(paths: Sequence[Path], results: Sequence[dict], out: Path) -> list[Path]:
-    """Each image with its boxes drawn; `out` is a file for one image (by its suffix), else a folder."""
-    from PIL import Image, ImageDraw
+def result_name(paths: Sequence[Path], res: dict) -> str:
+    """`doc.pdf page 2` for a page of a document, the path for an image."""
+    path = paths[res.get("source", 0)]
+    return f"{path} page {res['page']}" if res.get("page") is not None else str(path)
 
-    single = len(paths) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
+
+def _page_image(paths: Sequence[Path], res: dict):
+    """The image a result's boxes belong on: the file itself, or the page's preview from the gateway."""
+    from PIL import Image
+
+    if res.get("preview"):
+        data = base64.b64decode(res["preview"].split(",", 1)[1])
+        with Image.open(io.BytesIO(data)) as page:
+            return page.convert("RGB")
+    with Image.open(paths[res.get("source", 0)]) as src:
+        return src.convert("RGB")
+
+
+def draw_boxes(paths: Sequence[Path], results: Sequence[dict], out: Path) -> list[Path]:
+    """Each image (each page of a PDF or TIFF) with its boxes drawn; `out` is a file when there is one result
+    (by its suffix), else a folder."""
+    from PIL import ImageDraw
+
+    single = len(results) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
     if not single:
         out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path, res in zip(paths, results):
-        with Image.open(path) as src:
-            img = src.convert("RGB")
+    for res in results:
+        img = _page_image(paths, res)
+        scale = img.width / res["width"] if res.get("width") else 1.0  # a preview may be smaller than the page
         draw = ImageDraw.Draw(img)
         line = max(2, round(max(img.size) / 400))
         for box in res["boxes"]:
-            pts = [tuple(p) for p in box["points"]]
+            pts = [(x * scale, y * scale) for x, y in box["points"]]
             draw.line(pts + [pts[0]], fill=(0, 200, 80), width=line)
             x, y = min(p[0] for p in pts), min(p[1] for p in pts)
             draw.text((x + 2, max(0, y - 12)), f"{box['score']:.2f}", fill=(255, 40, 40))
-        dest = out if single else out / f"{path.stem}.boxes.png"
+        stem = paths[res.get("source", 0)].stem
+        page = f".p{res['page']}" if res.get("page") is not None else ""
+        dest = out if single else out / f"{stem}{page}.boxes.png"
         img.save(dest)
         written.append(dest)
     return written
@@ -285,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer (default 120)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = sub.add_parser("detect", help="find text boxes in images")
-    d.add_argument("images", nargs="+", metavar="IMG")
+    d = sub.add_parser("detect", help="find text boxes in images, PDFs and TIFFs (a result per page)")
+    d.add_argument("images", nargs="+", metavar="FILE")
     d.add_argument(
         "--draw",
         metavar="OUT",
@@ -298,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--unclip-ratio", type=float, help="how far boxes are grown")
     d.add_argument("--limit-side-len", type=int, help="resize target side")
     d.add_argument("--box-type", choices=["quad", "poly"])
+    d.add_argument("--pages", metavar="SPEC", help="pages of each PDF/TIFF, e.g. 1-3,5 or 2- (default: all)")
+    d.add_argument("--dpi", type=int, help="resolution PDF pages are rendered at (default 144)")
     d.set_defaults(func=cmd_detect)
 
     f = sub.add_parser("finetune", help="start a DreamBooth fine-tune on 3–20 images of a subject")

@@ -108,7 +108,8 @@ class DetBoothClient:
 
     # detection
     def detect(self, images: Sequence[str | Path | bytes], **params: Any) -> DetectResponse:
-        """Text boxes of each image. `params`: thresh, box_thresh, unclip_ratio, limit_side_len, box_type."""
+        """Text boxes of each image, and of each page of a PDF or TIFF (one result each, with `source` and `page`).
+        `params`: thresh, box_thresh, unclip_ratio, limit_side_len, box_type, pages, dpi, previews."""
         files = [_image_part(item, i) for i, item in enumerate(images)]
         data = {k: str(v) for k, v in params.items() if v is not None}
         return self._request("POST", "/detect", files=files, data=data).json()

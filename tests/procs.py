@@ -1,4 +1,5 @@
-"""Starting real servers for tests: Redis, uvicorn apps and Celery workers as subprocesses on loopback."""
+"""Starting real servers for tests: Redis, uvicorn apps and Celery workers as subprocesses on loopback, and the
+gateway in-process (its app behind FastAPI's TestClient) where a real socket adds nothing."""
 
 import os
 import shutil
@@ -7,6 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -127,3 +131,50 @@ def start_worker(env: dict[str, str], log_dir: Path, queues: str = "finetune,gen
                                      "--without-heartbeat", "-n", f"test-{time.time_ns()}@%h"), env, log_dir)
     proc.wait_log("ready.", timeout=120)
     return proc
+
+
+def base_env(redis_url: str, data_dir, **extra: str) -> dict[str, str]:
+    """Environment for a gateway and its workers: own Redis key prefix, own data folder, two API keys."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETBOOTH_")}
+    env.update({
+        "DETBOOTH_REDIS_URL": redis_url,
+        "DETBOOTH_KEY_PREFIX": f"t{uuid.uuid4().hex[:10]}",
+        "DETBOOTH_DATA_DIR": str(data_dir),
+        "DETBOOTH_API_KEYS": "key-alice,key-bob",
+        "DETBOOTH_DETECTION_URL": "http://127.0.0.1:9",  # nothing listens there unless a test sets it
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    })
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def _detbooth_environ(env: dict[str, str]) -> Iterator[None]:
+    """os.environ's DETBOOTH_ variables replaced by env's while settings are read."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("DETBOOTH_")}
+    for k in saved:
+        del os.environ[k]
+    os.environ.update({k: v for k, v in env.items() if k.startswith("DETBOOTH_")})
+    try:
+        yield
+    finally:
+        for k in [k for k in os.environ if k.startswith("DETBOOTH_")]:
+            del os.environ[k]
+        os.environ.update(saved)
+
+
+@contextmanager
+def inprocess_gateway(env: dict[str, str], **client_kw):
+    """The gateway app of `env` (what `python -m gateway` would serve) in this process, with its lifespan run,
+    behind FastAPI's TestClient (an httpx client over ASGI), against the real Redis."""
+    from fastapi.testclient import TestClient
+
+    from gateway.main import create_app
+    from gateway.settings import GatewaySettings
+    from services.jobs.settings import JobSettings
+
+    with _detbooth_environ(env):
+        app = create_app(GatewaySettings(), JobSettings())
+    with TestClient(app, raise_server_exceptions=False, **client_kw) as client:
+        yield client

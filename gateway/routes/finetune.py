@@ -12,6 +12,7 @@ from gateway.schemas import job_view
 from gateway.state import State
 from gateway.submit import check_idempotency_key, fingerprint, submit
 from gateway.uploads import Upload, check_image, decode_base64_images, parse_json_field, read_multipart
+from gateway.webhooks import webhook_spec
 from services.contracts.finetune import (
     MAX_INSTANCE_IMAGES,
     MIN_INSTANCE_IMAGES,
@@ -20,6 +21,9 @@ from services.contracts.finetune import (
 )
 from services.contracts.jobs import JobType, JobView
 from services.contracts.problems import Problem, validation_problem
+from services.contracts.webhooks import WebhookRequest
+
+WEBHOOK_FIELDS = WebhookRequest.model_json_schema()["properties"]
 
 router = APIRouter(tags=["finetune"])
 MIN_IMAGES, MAX_IMAGES = MIN_INSTANCE_IMAGES, MAX_INSTANCE_IMAGES
@@ -34,6 +38,9 @@ _OPENAPI_BODY = {
                     "images": {"type": "array", "items": {"type": "string", "format": "binary"},
                                "minItems": MIN_IMAGES, "maxItems": MAX_IMAGES},
                     "config": {"type": "string", "description": "the fine-tune config as a JSON object"},
+                    "webhook": WEBHOOK_FIELDS["webhook"],
+                    "webhook_events": {"type": "string", "description": "comma-separated: any of start, "
+                                       "progress, completed (default: all)"},
                 },
             }},
             "application/json": {"schema": FinetuneJSONRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
@@ -42,21 +49,23 @@ _OPENAPI_BODY = {
 }
 
 
-async def _read_request(request: Request, max_file_bytes: int) -> tuple[list[Upload], dict]:
+async def _read_request(request: Request, max_file_bytes: int) -> tuple[list[Upload], dict, dict]:
+    """(images, config, webhook fields)."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
         files, fields = await read_multipart(request, max_files=MAX_IMAGES, max_file_bytes=max_file_bytes)
         if "config" not in fields:
             raise Problem(422, "Missing config", "send the fine-tune settings as a JSON object in the `config` field",
                           type_="validation-error")
-        return files, parse_json_field(fields["config"], "config")
+        hook = {k: fields[k] for k in ("webhook", "webhook_events") if k in fields}
+        return files, parse_json_field(fields["config"], "config"), hook
     if ctype.startswith("application/json"):
         try:
             body = FinetuneJSONRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise validation_problem(e) from e
         files = decode_base64_images(body.images, max_files=MAX_IMAGES, max_file_bytes=max_file_bytes)
-        return files, body.config
+        return files, body.config, body.model_dump(include={"webhook", "webhook_events"}, exclude_unset=True)
     raise Problem(415, "Unsupported media type", "send multipart/form-data (images + config) or application/json",
                   type_="unsupported-media-type")
 
@@ -76,7 +85,7 @@ async def finetune(request: Request, state: State, owner: Caller,
     """Start fine-tuning; poll `GET /jobs/{id}` or follow `GET /jobs/{id}/events`."""
     s = state.settings
     idem = check_idempotency_key(idempotency_key)
-    files, raw_config = await _read_request(request, s.max_file_bytes)
+    files, raw_config, hook = await _read_request(request, s.max_file_bytes)
     try:
         config = FinetuneConfig.model_validate(raw_config)
     except ValidationError as e:
@@ -91,6 +100,8 @@ async def finetune(request: Request, state: State, owner: Caller,
                       type_="wrong-image-count")
     formats = [check_image(f, max_pixels=s.max_image_pixels, min_side=config.min_image_side)[0] for f in files]
     spec = {"config": config.model_dump(mode="json")}
+    if webhook := await run_in_threadpool(webhook_spec, hook, state.job_settings):
+        spec["webhook"] = webhook
 
     def write_inputs(job_id: str) -> dict:
         keys = []

@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from services.contracts.webhooks import WebhookRequest
+
 MIN_INSTANCE_IMAGES = 3
 MAX_INSTANCE_IMAGES = 20
 
@@ -217,7 +219,7 @@ class FinetuneConfig(BaseModel):
             raise ConfigError(describe_errors(e), errors=e.errors(include_url=False)) from None
 
 
-class FinetuneJSONRequest(BaseModel):
+class FinetuneJSONRequest(WebhookRequest):
     """`POST /finetune` as JSON: base64 subject images and the config."""
 
     model_config = ConfigDict(extra="forbid")
@@ -249,7 +251,6 @@ class FinetuneResult(BaseModel):
     model: str = Field(description="artifact key of the LoRA file or the diffusers folder")
     method: Literal["full", "lora"]
     config: str = Field(description="artifact key of the resolved config.yaml")
-    checkpoints: list[str] = Field(default_factory=list)
     logs: str
     steps: int
     resumed_from_step: int | None = None

@@ -27,7 +27,8 @@ DETECT_BODY = {
                 "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
                 "limit_side_len": {"type": "integer"}, "limit_type": {"enum": ["min", "max", "resize_long"]},
                 "thresh": {"type": "number"}, "box_thresh": {"type": "number"},
-                "unclip_ratio": {"type": "number"}, "box_type": {"enum": ["quad", "poly"]}}}},
+                "unclip_ratio": {"type": "number"}, "box_type": {"enum": ["quad", "poly"]},
+                "pages": {"type": "string", "examples": ["1-3,5"]}, "dpi": {"type": "integer"}}}},
             "application/json": {"schema": {"type": "object", "required": ["images"], "properties": {
                 "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
                 "params": {"type": "object"}}}},

@@ -12,6 +12,7 @@ from services.contracts.http import install_problem_handlers, render
 from services.contracts.problems import Problem
 
 from .batcher import DeadlineExceeded, QueueFull, ShuttingDown
+from .decode import ImageDecodeError
 from .pipeline import InvalidImage
 
 
@@ -49,6 +50,8 @@ def status_of(exc: Exception) -> int:
         return exc.status
     if isinstance(exc, InvalidImage):
         return exc.error.status
+    if isinstance(exc, ImageDecodeError):
+        return exc.status
     if isinstance(exc, (QueueFull, ShuttingDown)):
         return 503
     if isinstance(exc, DeadlineExceeded):
@@ -62,6 +65,8 @@ def as_problem(exc: Exception, retry_after_s: int) -> Problem:
     if isinstance(exc, InvalidImage):
         err = exc.error
         return Problem(err.status, err.title, f"images[{exc.index}]: {err}", type_=err.slug)
+    if isinstance(exc, ImageDecodeError):  # about the request as a whole (e.g. its pages)
+        return Problem(exc.status, exc.title, str(exc), type_=exc.slug)
     if isinstance(exc, QueueFull):
         return Problem(503, "Service overloaded", f"{exc}; retry later", type_="overloaded", headers=retry)
     if isinstance(exc, ShuttingDown):
@@ -77,5 +82,5 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def _detection_failure(request: Request, exc: Exception) -> JSONResponse:
         return render(as_problem(exc, retry_after_s), request.url.path)
 
-    for kind in (InvalidImage, QueueFull, ShuttingDown, DeadlineExceeded):
+    for kind in (InvalidImage, ImageDecodeError, QueueFull, ShuttingDown, DeadlineExceeded):
         app.add_exception_handler(kind, _detection_failure)

@@ -23,6 +23,7 @@ from services.contracts.jobs import (
     Progress,
     utcnow,
 )
+from services.jobs.monitoring import JobStats
 from services.jobs.settings import JobSettings
 
 # KEYS: job hash, events stream. ARGV: allowed current statuses (comma list, "" = any), new status
@@ -111,6 +112,7 @@ class JobStore:
         self.events_maxlen = events_maxlen
         self._update = client.register_script(_UPDATE)
         self._create = client.register_script(_CREATE)
+        self.stats = JobStats(client, prefix)
 
     # keys
     def _job_key(self, job_id: str) -> str:
@@ -239,7 +241,10 @@ class JobStore:
             data["result"] = result
         self._run_update(job_id, allowed=allowed, new=new, fields=fields, event="status", event_data=data,
                          incr_attempts=new == JobStatus.running)
-        return self.get(job_id)
+        job = self.get(job_id)
+        ran = (job.finished_at - job.started_at).total_seconds() if new.terminal and job.started_at else None
+        self.stats.record(job.id, job.type.value, new.value, ran)
+        return job
 
     def report_progress(self, job_id: str, progress: Progress,
                         metrics: TrainingMetrics | dict[str, float] | None = None) -> None:

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import redis
 from PIL import Image
@@ -16,6 +17,7 @@ from gateway.auth import hash_key, owner_of
 from services.contracts.jobs import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
 from tests.cli.stack import subject_images, text_image
+from tests.document_support import vector_pdf
 from tests.procs import ROOT
 
 
@@ -248,6 +250,29 @@ def test_detect_prints_boxes_draws_them_and_json(run, tmp_path):
     bad.write_text("not an image")
     code, _, err = run("detect", str(bad))
     assert one_line_error(code, err)
+
+
+def test_detect_a_pdf_with_pages_draws_each_page(run, tmp_path):
+    pdf, truth = vector_pdf()
+    doc = tmp_path / "doc.pdf"
+    doc.write_bytes(pdf)
+    code, out, err = run("detect", str(doc), "--pages", "1-2", "--draw", str(tmp_path / "out"))
+    assert code == 0, err
+    assert f"{doc} page 1: 840x600, {len(truth[0])} boxes" in out and f"{doc} page 2: 840x600" in out
+    assert "page 3" not in out
+    for number in (1, 2):
+        with Image.open(tmp_path / "out" / f"doc.p{number}.boxes.png") as drawn:
+            assert drawn.size == (840, 600)
+            rgb = np.asarray(drawn.convert("RGB")).astype(int)
+        green = (rgb[:, :, 1] > 150) & (rgb[:, :, 0] < 60) & (rgb[:, :, 2] < 140)  # the drawn box lines
+        dark = rgb.sum(axis=2) < 150  # the page's own text
+        assert green.sum() > 500 and dark.sum() > 500
+    assert not (tmp_path / "out" / "doc.p3.boxes.png").exists()
+
+    code, out, _ = run("detect", str(doc), "--pages", "3", "--dpi", "72", "--json")
+    assert code == 0 and [(r["page"], r["width"]) for r in json.loads(out)["results"]] == [(3, 420)]
+    code, _, err = run("detect", str(doc), "--pages", "2-9")
+    assert "has 3 pages" in one_line_error(code, err)
 
 
 def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):

@@ -12,6 +12,7 @@ from gateway.auth import hash_key, owner_of
 from services.contracts.jobs import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
 from tests.cli.stack import subject_images, text_image
+from tests.document_support import vector_pdf
 from tests.ui.conftest import login, shot
 
 ALICE = {"Authorization": "Bearer key-alice"}
@@ -93,6 +94,36 @@ def test_detect_draws_boxes_updates_on_threshold_change_and_downloads_json(page,
     page.wait_for_selector("#detect-error:not([hidden])")
     assert page.inner_text("#detect-error")
     shot(page, "detect-bad-file")
+
+
+def test_detect_shows_each_pdf_page_with_its_boxes(page, stack, tmp_path):
+    pdf, truth = vector_pdf()
+    (tmp_path / "doc.pdf").write_bytes(pdf)
+    login(page, stack, tab="detect")
+    page.fill("#det-pages", "2-3")
+    page.set_input_files("#detect-files", [str(text_image(tmp_path / "photo.png")), str(tmp_path / "doc.pdf")])
+    page.wait_for_selector(".det-card >> nth=2")
+    cards = page.eval_on_selector_all(
+        ".det-canvas", "cs => cs.map(c => [c.dataset.page, Number(c.dataset.boxes), c.width, c.height])")
+    assert [c[0] for c in cards] == ["", "2", "3"], cards
+    assert [c[1] for c in cards[1:]] == [len(truth[1]), len(truth[2])]
+    assert cards[1][2:] == [840, 600]  # the page's own preview, drawn at its size
+    captions = page.eval_on_selector_all(".det-card figcaption strong", "es => es.map(e => e.textContent)")
+    assert captions == ["photo.png", "doc.pdf · page 2", "doc.pdf · page 3"]
+    # the page is drawn, not a blank canvas: dark text pixels where the PDF put its first line
+    left, top, right, bottom = (round(v * 2) for v in truth[1][0])
+    dark = page.eval_on_selector(
+        ".det-canvas >> nth=1",
+        f"c => {{ const d = c.getContext('2d').getImageData({left}, {top}, {right - left}, {bottom - top}).data;"
+        " let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 80 && d[i + 1] < 80) n++; return n; }")
+    assert dark > 50, dark
+    assert page.is_hidden("#detect-error") and real_errors(page) == []
+    shot(page, "detect-pdf-pages")
+
+    page.fill("#det-pages", "3-9")
+    page.dispatch_event("#det-pages", "change")
+    page.wait_for_selector("#detect-error:not([hidden])")
+    assert "has 3 pages" in page.inner_text("#detect-error")
 
 
 def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path):

@@ -75,7 +75,9 @@ def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env, tin
     result = job.result
     prefix = f"jobs/{job.id}"
     assert result["model"] == f"{prefix}/model/pytorch_lora_weights.safetensors" and artifacts.exists(result["model"])
-    assert result["steps"] == 4 and result["checkpoints"] == [f"{prefix}/checkpoints/step-000004.ckpt"]
+    assert result["steps"] == 4 and "checkpoints" not in result
+    # retention: only the export, its config and its logs remain (no checkpoints, no uploaded photos)
+    assert {k[len(prefix) + 1:].split("/")[0] for k in artifacts.list(prefix)} == {"model", "config.yaml", "logs"}
     saved = FinetuneConfig.from_yaml(artifacts.read_bytes(result["config"]).decode())
     assert saved.seed == 5 and saved.max_train_steps == 4
     logs = artifacts.list(result["logs"])
@@ -195,6 +197,7 @@ def test_remote_artifact_store_mirrors_checkpoints_and_uploads_the_model(env, mo
     tasks.finetune(job.id)
     job = store.get(job.id)
     assert job.status == JobStatus.succeeded, job.error
-    assert remote.list(f"jobs/{job.id}/checkpoints") == [f"jobs/{job.id}/checkpoints/step-000004.ckpt"]
+    assert remote.list(f"jobs/{job.id}/checkpoints") == []  # mirrored while training, removed on success
+    assert remote.list(f"jobs/{job.id}/inputs") == []
     assert remote.size(job.result["model"]) > 0
     assert f"jobs/{job.id}/logs/csv/metrics.csv" in remote.list(f"jobs/{job.id}/logs")
