@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
+from gateway.limits import FinetuneSlot, check_caps
 from gateway.schemas import job_view
 from gateway.state import State
 from gateway.submit import check_idempotency_key, fingerprint, submit
@@ -91,6 +92,7 @@ async def finetune(request: Request, state: State, owner: Caller,
     except ValidationError as e:
         raise validation_problem(e, prefix=("config",)) from e
     check_base_model(config.base_model, s.allowed_base_models)
+    check_caps(config, s)
     if config.devices > 1:
         raise Problem(422, "Invalid request", "config.devices: a fine-tune job trains on one GPU; "
                       "multi-GPU training runs with `python -m services.dreambooth.train`", type_="validation-error")
@@ -103,15 +105,24 @@ async def finetune(request: Request, state: State, owner: Caller,
     if webhook := await run_in_threadpool(webhook_spec, hook, state.job_settings):
         spec["webhook"] = webhook
 
+    slot = FinetuneSlot(state, owner, idem)
+
     def write_inputs(job_id: str) -> dict:
+        slot.take(job_id)
         keys = []
         for i, (f, fmt) in enumerate(zip(files, formats)):
             ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}.get(fmt, fmt.lower())
             keys.append(state.artifacts.write_bytes(f"jobs/{job_id}/inputs/{i:03d}.{ext}", f.data))
         return {"inputs": keys}
 
-    job, created = await run_in_threadpool(submit, state, owner, JobType.finetune, spec, idempotency_key=idem,
-                                    fp=fingerprint(spec, [f.data for f in files]), write_inputs=write_inputs)
+    try:
+        job, created = await run_in_threadpool(submit, state, owner, JobType.finetune, spec, idempotency_key=idem,
+                                        fp=fingerprint(spec, [f.data for f in files]), write_inputs=write_inputs)
+    except BaseException:
+        await run_in_threadpool(slot.give_back)  # nothing was queued
+        raise
+    if not created:  # an Idempotency-Key replay of an earlier job
+        await run_in_threadpool(slot.give_back)
     view = job_view(job, str(request.base_url))
     return JSONResponse(view.model_dump(mode="json"), status_code=202,
                         headers={"Location": f"/jobs/{job.id}", **({} if created else {"Idempotent-Replayed": "true"})})

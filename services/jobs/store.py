@@ -24,6 +24,7 @@ from services.contracts.jobs import (
     utcnow,
 )
 from services.jobs.monitoring import JobStats
+from services.jobs.quota import InFlightJobs
 from services.jobs.settings import JobSettings
 
 # KEYS: job hash, events stream. ARGV: allowed current statuses (comma list, "" = any), new status
@@ -113,6 +114,7 @@ class JobStore:
         self._update = client.register_script(_UPDATE)
         self._create = client.register_script(_CREATE)
         self.stats = JobStats(client, prefix)
+        self.inflight = InFlightJobs(client, prefix, job_key_prefix=self._job_key(""))
 
     # keys
     def _job_key(self, job_id: str) -> str:
@@ -151,6 +153,11 @@ class JobStore:
                 "this Idempotency-Key was already used with a different request; use a new key"
             )
         return self.get(earlier_id), False
+
+    def idempotent_job_id(self, owner: str, idempotency_key: str) -> str | None:
+        """The job an Idempotency-Key already made, if it is still remembered."""
+        raw = self.r.get(self._idem_key(owner, idempotency_key))
+        return raw.decode().partition("|")[0] if raw else None
 
     def get(self, job_id: str) -> Job:
         raw = self.r.hgetall(self._job_key(job_id))
@@ -244,6 +251,8 @@ class JobStore:
         job = self.get(job_id)
         ran = (job.finished_at - job.started_at).total_seconds() if new.terminal and job.started_at else None
         self.stats.record(job.id, job.type.value, new.value, ran)
+        if new.terminal:
+            self.inflight.release(job.owner, job.type.value, job.id)
         return job
 
     def report_progress(self, job_id: str, progress: Progress,
