@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -297,9 +297,11 @@ class JobStore:
 
     # models made by fine-tunes: kept after their job record expires
     def register_model(self, owner: str, model_id: str, info: dict[str, Any]) -> None:
+        now = utcnow()
+        info = {"created_at": now.isoformat(), **info}
         pipe = self.r.pipeline()
         pipe.hset(f"{self.prefix}:model:{model_id}", mapping={"owner": owner, "info": json.dumps(info)})
-        pipe.zadd(self._models_key(owner), {model_id: datetime.now().timestamp()})
+        pipe.zadd(self._models_key(owner), {model_id: now.timestamp()})
         pipe.execute()
 
     def get_model(self, model_id: str, owner: str) -> dict[str, Any]:
@@ -309,11 +311,13 @@ class JobStore:
         return json.loads(raw[b"info"])
 
     def list_models(self, owner: str) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in self.r.zrevrange(self._models_key(owner), 0, -1)]
+        """The owner's models, newest first; `created_at` is when the model was registered."""
+        rows = [(i.decode(), score) for i, score in self.r.zrevrange(self._models_key(owner), 0, -1, withscores=True)]
         pipe = self.r.pipeline()
-        for i in ids:
+        for i, _ in rows:
             pipe.hget(f"{self.prefix}:model:{i}", "info")
-        return [{"id": i, **json.loads(info)} for i, info in zip(ids, pipe.execute()) if info]
+        return [{"id": i, "created_at": datetime.fromtimestamp(score, UTC).isoformat(), **json.loads(info)}
+                for (i, score), info in zip(rows, pipe.execute()) if info]
 
     def ping(self) -> bool:
         return bool(self.r.ping())
