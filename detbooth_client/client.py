@@ -6,43 +6,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import httpx
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
 
-class Box(TypedDict):
-    points: list[list[float]]
-    score: float
-
-
-class DetectResult(TypedDict):
-    width: int
-    height: int
-    boxes: list[Box]
-
-
-class DetectResponse(TypedDict):
-    model: str
-    results: list[DetectResult]
-
-
-class Job(TypedDict, total=False):
-    id: str
-    type: str
-    status: str
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    progress: dict[str, Any]
-    metrics: dict[str, float]
-    result: dict[str, Any] | None
-    error: dict[str, str] | None
-    attempts: int
-    cancel_requested: bool
-    spec: dict[str, Any]
+# The API's JSON as plain dicts; their shapes are the contracts' models (services/contracts), not redefined here.
+DetectResponse = dict[str, Any]  # services.contracts.detect.DetectResponse
+Job = dict[str, Any]  # services.contracts.jobs.JobView
 
 
 @dataclass(frozen=True)
@@ -135,7 +108,8 @@ class DetBoothClient:
 
     # detection
     def detect(self, images: Sequence[str | Path | bytes], **params: Any) -> DetectResponse:
-        """Text boxes of each image. `params`: thresh, box_thresh, unclip_ratio, limit_side_len, box_type."""
+        """Text boxes of each image, and of each page of a PDF or TIFF (one result each, with `source` and `page`).
+        `params`: thresh, box_thresh, unclip_ratio, limit_side_len, box_type, pages, dpi, previews."""
         files = [_image_part(item, i) for i, item in enumerate(images)]
         data = {k: str(v) for k, v in params.items() if v is not None}
         return self._request("POST", "/detect", files=files, data=data).json()

@@ -1,8 +1,8 @@
-"""Checking a buffered multipart body without copying its files: how many files, how big, and the plain fields.
+"""Checking a buffered multipart body in one pass: its files (within the limits) and its plain fields.
 
 The gateway forwards the body it received, byte for byte, to the detection service; it only needs to know that
-the body is within its limits. python-multipart's parser reports each part's data as offsets into the buffer,
-so file contents are counted, never copied, spooled or re-encoded."""
+the body is within its limits and that each file is an image. python-multipart's parser reports each part's
+data as offsets into the buffer: no spooling to temporary files through a thread pool, no re-encoding."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.errors import Problem
+from gateway.uploads import Upload
+from services.contracts.problems import Problem
 
 
 @dataclass
-class FilePart:
+class _FilePart:
     filename: str
     content_type: str
     size: int = 0
+    pieces: list[bytes] = field(default_factory=list)
 
 
 @dataclass
 class MultipartSummary:
-    files: list[FilePart] = field(default_factory=list)
+    files: list[Upload] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
 
 
@@ -36,9 +38,10 @@ class _Scanner:
         self._header_name = bytearray()
         self._header_value = bytearray()
         self._headers: dict[bytes, bytes] = {}
-        self._file: FilePart | None = None
+        self._file: _FilePart | None = None
         self._field_name = ""
         self._field_value = bytearray()
+        self._files = 0
 
     def callbacks(self) -> dict:
         return {"on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
@@ -69,13 +72,12 @@ class _Scanner:
             if name != self.file_field:
                 raise Problem(422, "Unexpected file field", f"files go in the `{self.file_field}` field, not "
                               f"`{name}`", type_="validation-error")
-            if len(self.summary.files) >= self.max_files:
+            if self._files >= self.max_files:
                 raise Problem(413, "Too many files", f"at most {self.max_files} files per request",
                               type_="too-many-files")
-            self._file = FilePart(options[b"filename"].decode("utf-8", "replace") or
-                                  f"image{len(self.summary.files)}",
-                                  self._headers.get(b"content-type", b"").decode("latin-1"))
-            self.summary.files.append(self._file)
+            self._file = _FilePart(options[b"filename"].decode("utf-8", "replace") or f"image{self._files}",
+                                   self._headers.get(b"content-type", b"").decode("latin-1"))
+            self._files += 1
         else:
             if len(self.summary.fields) >= self.max_fields:
                 raise Problem(400, "Malformed multipart body", f"more than {self.max_fields} form fields",
@@ -88,6 +90,7 @@ class _Scanner:
             if self._file.size > self.max_file_bytes:
                 raise Problem(413, "File too large", f"{self._file.filename} is larger than {self.max_file_bytes} "
                               "bytes", type_="file-too-large")
+            self._file.pieces.append(data[start:end])
         else:
             self._field_value += data[start:end]
             if len(self._field_value) > self.max_field_bytes:
@@ -97,12 +100,16 @@ class _Scanner:
     def on_part_end(self) -> None:
         if self._file is None:
             self.summary.fields[self._field_name] = self._field_value.decode("utf-8", "replace")
+        else:
+            f = self._file
+            data = f.pieces[0] if len(f.pieces) == 1 else b"".join(f.pieces)
+            self.summary.files.append(Upload(f.filename, f.content_type, data))
 
 
 def scan_multipart(body: bytes, content_type: str, *, max_files: int, max_file_bytes: int,
                    file_field: str = "images", max_fields: int = 100,
                    max_field_bytes: int = 64 * 1024) -> MultipartSummary:
-    """The files (name, type, size) and plain fields of a whole multipart body, within the given limits."""
+    """The files and plain fields of a whole multipart body, within the given limits."""
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:

@@ -7,8 +7,10 @@ import httpx
 from celery import Celery
 from fastapi import Depends, Request
 
+from gateway.keys import KeyRing
 from gateway.settings import GatewaySettings
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.monitoring import WorkerRegistry
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore
 
@@ -21,7 +23,8 @@ class AppState:
     artifacts: ArtifactStore
     celery: Celery
     detection: httpx.AsyncClient
-    key_hashes: dict[str, str]  # sha256(key) -> owner id
+    keys: KeyRing
+    workers: WorkerRegistry
 
 
 def get_state(request: Request) -> AppState:

@@ -6,13 +6,14 @@ from pydantic import ValidationError
 
 from gateway.auth import Caller
 from gateway.detection_client import forward
-from gateway.errors import Problem, validation_problem
-from gateway.schemas import DetectJSON, DetectParams, DetectResponse
 from gateway.state import State
 from gateway.multipart_check import scan_multipart
-from gateway.uploads import decode_base64_images
+from gateway.uploads import decode_base64_images, sniff_format
+from services.contracts.detect import DetectJSONRequest, DetectParams, DetectResponse
+from services.contracts.problems import Problem, validation_problem
 
 router = APIRouter(tags=["detection"])
+PDF_MAGIC = b"%PDF-"
 
 _OPENAPI_BODY = {
     "requestBody": {
@@ -25,7 +26,7 @@ _OPENAPI_BODY = {
                     **{k: v for k, v in DetectParams.model_json_schema()["properties"].items()},
                 },
             }},
-            "application/json": {"schema": DetectJSON.model_json_schema(ref_template="#/components/schemas/{model}")},
+            "application/json": {"schema": DetectJSONRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
         },
     }
 }
@@ -48,17 +49,21 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
             DetectParams.model_validate(form.fields)
         except ValidationError as e:
             raise validation_problem(e) from e
-        count = len(form.files)
+        files = form.files
     else:
         try:
-            parsed = DetectJSON.model_validate_json(body)
+            parsed = DetectJSONRequest.model_validate_json(body)
         except ValidationError as e:
             raise validation_problem(e) from e
-        count = len(decode_base64_images(parsed.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes))
-    if not count:
+        files = decode_base64_images(parsed.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
+    if not files:
         raise Problem(422, "No images", "send at least one image in the `images` field", type_="validation-error")
+    for f in files:  # the same 415 as every other route, before the upload travels on
+        if not f.data.startswith(PDF_MAGIC):  # PDFs are the detection service's to read or refuse
+            sniff_format(f)
     # the body as received: no second parse, no re-encoding; the detection service reads the same format
     upstream = await forward(state.detection, "POST", "/v1/detect", content=body, headers={"content-type": ctype})
     passthrough = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after",)}
     return Response(upstream.content, status_code=upstream.status_code, headers=passthrough,
                     media_type=upstream.headers.get("content-type", "application/json"))
+

@@ -146,14 +146,19 @@ async function drawImageTo(canvas, source, maxSide = 1600) {
 
 function imageFiles(list) { return [...list].filter((f) => f.type.startsWith("image/")); }
 
-function wireDropzone(zoneId, inputId, onFiles) {
+// what /detect reads: images, and PDF / TIFF documents (a page each)
+function detectableFiles(list) {
+  return [...list].filter((f) => f.type.startsWith("image/") || f.type === "application/pdf" || /\.(pdf|tiff?)$/i.test(f.name));
+}
+
+function wireDropzone(zoneId, inputId, onFiles, accept = imageFiles) {
   const zone = $(zoneId), input = $(inputId);
-  input.addEventListener("change", () => { onFiles(imageFiles(input.files)); input.value = ""; });
+  input.addEventListener("change", () => { onFiles(accept(input.files)); input.value = ""; });
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (e) => {
     e.preventDefault(); zone.classList.remove("over");
-    onFiles(imageFiles(e.dataTransfer.files));
+    onFiles(accept(e.dataTransfer.files));
   });
   zone.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); } });
 }
@@ -218,8 +223,11 @@ window.addEventListener("hashchange", showTab);
 const detect = { files: [], body: null, timer: null, seq: 0 };
 
 function detectParams() {
-  return { thresh: $("det-thresh").value, box_thresh: $("det-box-thresh").value,
-           unclip_ratio: $("det-unclip").value, box_type: $("det-box-type").value };
+  const params = { thresh: $("det-thresh").value, box_thresh: $("det-box-thresh").value,
+                   unclip_ratio: $("det-unclip").value, box_type: $("det-box-type").value };
+  const pages = $("det-pages").value.trim();
+  if (pages) params.pages = pages;
+  return params;
 }
 
 async function runDetect() {
@@ -228,6 +236,7 @@ async function runDetect() {
   const form = new FormData();
   for (const f of detect.files) form.append("images", f, f.name);
   for (const [k, v] of Object.entries(detectParams())) form.append(k, v);
+  form.append("previews", "true");  // PDF and TIFF pages come back as JPEGs: the browser cannot draw those files
   $("detect-status").textContent = "detecting…";
   showError("detect-error", null);
   try {
@@ -245,16 +254,25 @@ async function runDetect() {
   }
 }
 
+function dataUrlBlob(url) {  // decoded here: the console's CSP lets no data: URL load as an image
+  const [head, b64] = url.split(",", 2);
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type: head.slice(5).split(";")[0] });
+}
+
 async function renderDetections(body) {
   const box = $("detect-results");
   const cards = [];
-  for (let i = 0; i < detect.files.length; i++) {
-    const file = detect.files[i], res = body.results[i];
-    const canvas = el("canvas", { class: "det-canvas", "data-boxes": res.boxes.length });
-    const scale = await drawImageTo(canvas, file);
+  for (const res of body.results) {  // one per image, and one per page of a PDF or TIFF
+    const file = detect.files[res.source];
+    const canvas = el("canvas", { class: "det-canvas", "data-boxes": res.boxes.length,
+                                  "data-page": res.page == null ? "" : res.page });
+    let scale = await drawImageTo(canvas, res.preview ? dataUrlBlob(res.preview) : file);
+    if (res.preview) scale = canvas.width / res.width;  // the preview may be smaller than the page
     drawBoxes(canvas.getContext("2d"), res.boxes, scale);
+    const name = res.page == null ? file.name : `${file.name} · page ${res.page}`;
     cards.push(el("figure", { class: "card det-card" }, canvas,
-      el("figcaption", {}, el("strong", {}, file.name), ` ${res.width}×${res.height} · `,
+      el("figcaption", {}, el("strong", {}, name), ` ${res.width}×${res.height} · `,
          el("span", { class: "box-count" }, `${res.boxes.length} box${res.boxes.length === 1 ? "" : "es"}`))));
   }
   box.replaceChildren(...cards);
@@ -277,13 +295,13 @@ function drawBoxes(ctx, boxes, scale) {
 }
 
 function setDetectFiles(files) {
-  if (!files.length) { showError("detect-error", "Those are not images: drop PNG, JPEG or WebP files."); return; }
+  if (!files.length) { showError("detect-error", "Those are not images: drop PNG, JPEG, WebP, TIFF or PDF files."); return; }
   detect.files = files; detect.body = null;
   $("detect-run").disabled = false; $("detect-download").disabled = true;
   runDetect();
 }
 
-wireDropzone("detect-drop", "detect-files", setDetectFiles);
+wireDropzone("detect-drop", "detect-files", setDetectFiles, detectableFiles);
 $("detect-run").addEventListener("click", runDetect);
 for (const id of ["det-thresh", "det-box-thresh", "det-unclip"]) {
   const input = $(id);
@@ -291,6 +309,7 @@ for (const id of ["det-thresh", "det-box-thresh", "det-unclip"]) {
   input.addEventListener("change", () => { clearTimeout(detect.timer); detect.timer = setTimeout(runDetect, 150); });
 }
 $("det-box-type").addEventListener("change", runDetect);
+$("det-pages").addEventListener("change", runDetect);
 $("detect-download").addEventListener("click", () => {
   if (!detect.body) return;
   const out = { ...detect.body, params: detectParams(), files: detect.files.map((f) => f.name) };
@@ -371,7 +390,8 @@ async function watchFinetune(job) {
         if (typeof m.loss === "number") { ft.losses.push([p.step, m.loss]); drawChart(); }
         const eta = p.eta_s != null ? ` · eta ${Math.round(p.eta_s)} s` : "";
         const loss = typeof m.loss === "number" ? ` · loss ${m.loss.toFixed(4)}` : "";
-        $("ft-progress-text").textContent = `step ${p.step} / ${p.total}${loss}${eta}`;
+        const speed = typeof m.it_per_s === "number" ? ` · ${m.it_per_s.toFixed(2)} it/s` : "";
+        $("ft-progress-text").textContent = `step ${p.step} / ${p.total}${loss}${speed}${eta}`;
       } else if (name === "status") {
         setFtState(data.status);
         if (!ft.losses.length && $("ft-progress").value === 0) $("ft-progress-text").textContent = data.status;

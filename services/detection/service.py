@@ -61,7 +61,8 @@ class DetectionService:
             await self.batcher.start()
             yml = self.model.inference_yml
             self.detector = Detector(self.batcher, self.pool, resize_config(yml, s), normalize_config(yml),
-                                     postprocess_config(yml, s), s.max_image_pixels, s.request_timeout_s)
+                                     postprocess_config(yml, s), s.max_image_pixels, s.request_timeout_s,
+                                     max_pages=s.max_pages_per_request, dpi=s.document_dpi)
             self.state = State.READY
             log.info("detection ready: model %s (%s) on %s", self.model.display_name, self.model.source,
                      self.engine_info)

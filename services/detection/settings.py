@@ -71,7 +71,9 @@ class DetectionSettings(BaseSettings):
 
     # --- input limits
     max_images_per_request: int = Field(16, ge=1)
-    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)  # per image, and per PDF/TIFF page as rendered
+    max_pages_per_request: int = Field(32, ge=1)  # results per request: images + selected document pages
+    document_dpi: int = Field(144, ge=18, le=1200)  # PDF pages render at this dpi unless a request says
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
 
     # --- pre/post-processing defaults (a model's inference.yml overrides the ones it names)

@@ -9,9 +9,10 @@ import httpx
 import redis
 
 from gateway.auth import hash_key, owner_of
-from services.jobs.schema import JobStatus, JobType, Progress
+from services.contracts.jobs import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
 from tests.cli.stack import subject_images, text_image
+from tests.document_support import vector_pdf
 from tests.ui.conftest import login, shot
 
 ALICE = {"Authorization": "Bearer key-alice"}
@@ -95,6 +96,36 @@ def test_detect_draws_boxes_updates_on_threshold_change_and_downloads_json(page,
     shot(page, "detect-bad-file")
 
 
+def test_detect_shows_each_pdf_page_with_its_boxes(page, stack, tmp_path):
+    pdf, truth = vector_pdf()
+    (tmp_path / "doc.pdf").write_bytes(pdf)
+    login(page, stack, tab="detect")
+    page.fill("#det-pages", "2-3")
+    page.set_input_files("#detect-files", [str(text_image(tmp_path / "photo.png")), str(tmp_path / "doc.pdf")])
+    page.wait_for_selector(".det-card >> nth=2")
+    cards = page.eval_on_selector_all(
+        ".det-canvas", "cs => cs.map(c => [c.dataset.page, Number(c.dataset.boxes), c.width, c.height])")
+    assert [c[0] for c in cards] == ["", "2", "3"], cards
+    assert [c[1] for c in cards[1:]] == [len(truth[1]), len(truth[2])]
+    assert cards[1][2:] == [840, 600]  # the page's own preview, drawn at its size
+    captions = page.eval_on_selector_all(".det-card figcaption strong", "es => es.map(e => e.textContent)")
+    assert captions == ["photo.png", "doc.pdf · page 2", "doc.pdf · page 3"]
+    # the page is drawn, not a blank canvas: dark text pixels where the PDF put its first line
+    left, top, right, bottom = (round(v * 2) for v in truth[1][0])
+    dark = page.eval_on_selector(
+        ".det-canvas >> nth=1",
+        f"c => {{ const d = c.getContext('2d').getImageData({left}, {top}, {right - left}, {bottom - top}).data;"
+        " let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 80 && d[i + 1] < 80) n++; return n; }")
+    assert dark > 50, dark
+    assert page.is_hidden("#detect-error") and real_errors(page) == []
+    shot(page, "detect-pdf-pages")
+
+    page.fill("#det-pages", "3-9")
+    page.dispatch_event("#det-pages", "change")
+    page.wait_for_selector("#detect-error:not([hidden])")
+    assert "has 3 pages" in page.inner_text("#detect-error")
+
+
 def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path):
     login(page, stack, tab="finetune")
     images = sorted(str(p) for p in subject_images(tmp_path / "dog").iterdir())
@@ -152,9 +183,9 @@ def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
         store.report_progress(
             job.id,
             Progress(step=step, total=10, eta_s=2.0 * (10 - step)),
-            {"loss": 0.5 / step + 0.05, "it_s": 3.0},
+            {"loss": 0.5 / step + 0.05, "it_per_s": 3.0},
         )
-    page.wait_for_selector("#ft-progress-text:has-text('step 6 / 10 · loss 0.1333 · eta 8 s')")
+    page.wait_for_selector("#ft-progress-text:has-text('step 6 / 10 · loss 0.1333 · 3.00 it/s · eta 8 s')")
     assert page.eval_on_selector("#ft-progress", "p => [p.value, p.max]") == [6, 10]
     assert page.evaluate("ft.losses.length") == 6
     shot(page, "finetune-progress")

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,9 +22,10 @@ def compose_binary() -> Path:
     return found
 
 
-def compose_config(tmp_path: Path) -> dict:
+def compose_config(tmp_path: Path, extra_env: dict[str, str] | None = None, files: tuple[Path, ...] = ()) -> dict:
     """`docker compose config` through the docker CLI plugin when docker is here, else the binary itself."""
-    env = {**os.environ, "DETBOOTH_API_KEYS": "k1"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DETBOOTH_")}, "DETBOOTH_API_KEYS": "k1",
+           **(extra_env or {})}
     if shutil.which("docker"):
         plugins = tmp_path / "docker" / "cli-plugins"
         plugins.mkdir(parents=True)
@@ -32,20 +34,39 @@ def compose_config(tmp_path: Path) -> dict:
         cmd = ["docker", "compose"]
     else:
         cmd = [str(compose_binary())]
-    out = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
+    file_args = [a for f in (ROOT / "docker-compose.yml", *files) for a in ("-f", str(f))]
+    out = subprocess.run([*cmd, *file_args, "config", "--format", "json"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
+def gpu_ids(cfg: dict) -> dict[str, list[str]]:
+    """The GPU ids each service reserves."""
+    found = {}
+    for name, svc in cfg["services"].items():
+        devices = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        if devices:
+            [device] = devices
+            assert device["capabilities"] == ["gpu"] and "count" not in device, (name, device)
+            found[name] = device["device_ids"]
+    return found
+
+
+def queues(svc: dict) -> str:
+    cmd = svc["command"]
+    assert cmd[cmd.index("-c") + 1] == "1"  # one task at a time per GPU
+    return cmd[cmd.index("-Q") + 1]
+
+
 def test_compose_file_is_valid_and_complete(tmp_path):
     cfg = compose_config(tmp_path)
     services = cfg["services"]
-    assert set(services) == {"redis", "gateway", "detection", "worker"}
+    assert set(services) == {"redis", "gateway", "detection", "worker-finetune", "worker-generate"}
     assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
-    for name in ("detection", "worker"):
-        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"]
+    # separate worker pools: a fine-tune never holds up a generation
+    assert queues(services["worker-finetune"]) == "finetune"
+    assert queues(services["worker-generate"]) == "generate"
     for name, svc in services.items():
         assert svc["restart"] == "unless-stopped", name
         if "build" in svc:
@@ -53,6 +74,32 @@ def test_compose_file_is_valid_and_complete(tmp_path):
     assert all("healthcheck" in services[n] for n in ("redis", "detection"))
     assert {"artifacts", "redis-data"} <= set(cfg["volumes"])
     assert services["gateway"]["environment"]["DETBOOTH_DETECTION_URL"] == "http://detection:8001"
+
+
+def test_one_gpu_layout_is_the_default(tmp_path):
+    assert gpu_ids(compose_config(tmp_path)) == {"detection": ["0"], "worker-finetune": ["0"],
+                                                 "worker-generate": ["0"]}
+
+
+def test_two_gpu_layout_gives_training_its_own_gpu(tmp_path):
+    cfg = compose_config(tmp_path, {"DETBOOTH_FINETUNE_GPU": "1"})
+    assert gpu_ids(cfg) == {"detection": ["0"], "worker-finetune": ["1"], "worker-generate": ["0"]}
+
+
+def test_eight_gpu_layout_from_the_readme_uses_each_gpu_once(tmp_path):
+    """The README's override file, as written there, puts one service on each of the 8 GPUs."""
+    readme = (ROOT / "README.md").read_text()
+    override = re.search(r"### GPU layouts.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "compose").mkdir()
+    path = tmp_path / "compose" / "docker-compose.override.yml"
+    path.write_text(override.replace("file: docker-compose.yml", f"file: {ROOT / 'docker-compose.yml'}"))
+    cfg = compose_config(tmp_path, {"DETBOOTH_GENERATE_GPU": "1", "DETBOOTH_FINETUNE_GPU": "2"}, (path,))
+    ids = gpu_ids(cfg)
+    assert sorted(i for v in ids.values() for i in v) == [str(g) for g in range(8)], ids
+    assert ids["detection"] == ["0"] and ids["worker-generate"] == ["1"]
+    finetune = [n for n, svc in cfg["services"].items() if "-Q" in (svc.get("command") or [])
+                and queues(svc) == "finetune"]
+    assert sorted(ids[n][0] for n in finetune) == ["2", "3", "4", "5", "6", "7"]
 
 
 def test_compose_refuses_to_run_without_api_keys(tmp_path):

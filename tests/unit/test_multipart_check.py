@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from gateway.errors import Problem
+from services.contracts.problems import Problem
 from gateway.multipart_check import scan_multipart
 
 
@@ -16,7 +16,7 @@ def test_files_and_fields_as_httpx_encodes_them():
     body, ctype = body_of(files=[("images", ("a.png", b"x" * 1000, "image/png")), ("images", ("b.jpg", b"yy", ""))],
                           data={"thresh": "0.5", "box_type": "poly"})
     summary = scan_multipart(body, ctype, max_files=4, max_file_bytes=2000)
-    assert [(f.filename, f.size) for f in summary.files] == [("a.png", 1000), ("b.jpg", 2)]
+    assert [(f.filename, f.data) for f in summary.files] == [("a.png", b"x" * 1000), ("b.jpg", b"yy")]
     assert summary.files[0].content_type == "image/png"
     assert summary.fields == {"thresh": "0.5", "box_type": "poly"}
 
