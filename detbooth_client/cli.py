@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from detbooth_client.client import TERMINAL, ApiError, DetBoothClient, Job
+from services.contracts.finetune import TrainingMetrics
 
 DEFAULT_CLASS_IMAGES = 50  # the worker's own default (100) makes a first fine-tune wait long
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -49,11 +50,12 @@ class ProgressBar:
         self._pending: str | None = None
         self._drawn = False
 
-    def update(self, step: int, total: int, metrics: dict[str, float], eta_s: float | None) -> None:
+    def update(self, step: int, total: int, metrics: TrainingMetrics, eta_s: float | None) -> None:
         frac = min(1.0, step / total) if total else 0.0
         filled = int(frac * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
-        extra = "".join(f"  {k} {v:.4g}" for k, v in sorted(metrics.items()) if k in ("loss", "it_s", "lr"))
+        shown = (("loss", metrics.loss), ("it/s", metrics.it_per_s), ("lr", metrics.lr))
+        extra = "".join(f"  {name} {v:.4g}" for name, v in shown if v is not None)
         eta = f"  eta {eta_s:.0f}s" if eta_s is not None else ""
         line = f"[{bar}] {step}/{total or '?'}{extra}{eta}"
         if self.tty:
@@ -86,13 +88,18 @@ class ProgressBar:
             self._drawn = False
 
 
+def progress_metrics(data: dict[str, Any]) -> TrainingMetrics:
+    """The typed metrics of a `progress` event (generation progress carries none)."""
+    return TrainingMetrics.model_validate(data.get("metrics") or {})
+
+
 def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> Job:
     """Follow a job's events to its end (progress on the bar), then return the finished job."""
     for event in client.events(job_id):
         if event.event == "progress" and bar is not None:
             p = event.data.get("progress", {})
             bar.update(
-                int(p.get("step", 0)), int(p.get("total", 0)), event.data.get("metrics") or {}, p.get("eta_s")
+                int(p.get("step", 0)), int(p.get("total", 0)), progress_metrics(event.data), p.get("eta_s")
             )
         elif event.event == "status" and bar is not None:
             bar.message(f"status: {event.data.get('status')}")

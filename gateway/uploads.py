@@ -15,7 +15,9 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import Problem, problem_response
+from services.contracts.http import problem_response
+from services.contracts.problems import Problem
+
 
 UPLOAD_PATHS = ("/detect", "/v1/detect", "/finetune", "/generate")
 
@@ -86,7 +88,7 @@ class BodySizeLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             response = problem_response(413, "Content too large",
                                         f"the request body is larger than {mib(self.max_bytes)}",
-                                        type_="https://detbooth.dev/problems/content-too-large",
+                                        type_="content-too-large",
                                         instance=scope.get("path"))
             await response(scope, receive, send)
             return

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from gateway.auth import Caller
-from gateway.errors import Problem
-from gateway.schemas import JobList, JobView, job_view
+from gateway.schemas import job_view
 from gateway.state import AppState, State
-from services.jobs.schema import Job, JobStatus, JobType
+from services.contracts.jobs import Job, JobList, JobStatus, JobType, JobView
+from services.contracts.problems import Problem
 from services.jobs.store import JobNotFound, TransitionRefused
 
 router = APIRouter(tags=["jobs"])

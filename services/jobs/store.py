@@ -13,7 +13,8 @@ from typing import Any
 
 import redis
 
-from services.jobs.schema import (
+from services.contracts.finetune import TrainingMetrics
+from services.contracts.jobs import (
     ALLOWED_TRANSITIONS,
     Job,
     JobError,
@@ -254,10 +255,14 @@ class JobStore:
             self.inflight.release(job.owner, job.type.value, job.id)
         return job
 
-    def report_progress(self, job_id: str, progress: Progress, metrics: dict[str, float] | None = None) -> None:
-        """Record progress of a running job; ignored (TransitionRefused) once the job left `running`."""
+    def report_progress(self, job_id: str, progress: Progress,
+                        metrics: TrainingMetrics | dict[str, float] | None = None) -> None:
+        """Record progress of a running job; ignored (TransitionRefused) once the job left `running`.
+
+        Metrics go through `TrainingMetrics`, so a value under a name no reader knows is refused here."""
         fields: dict[str, Any] = {"progress": progress.model_dump()}
         if metrics:
+            metrics = TrainingMetrics.model_validate(metrics).reported()
             fields["metrics"] = metrics
         self._run_update(job_id, allowed={JobStatus.running}, new=None, fields=fields, event="progress",
                          event_data={"progress": progress.model_dump(), "metrics": metrics or {}})

@@ -14,7 +14,7 @@ from PIL import Image
 
 from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
-from services.jobs.schema import JobStatus, JobType, Progress
+from services.contracts.jobs import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
@@ -382,7 +382,8 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
 
     def worker():
         for step in range(1, 5):
-            store.report_progress(job.id, Progress(step=step, total=4, eta_s=4 - step), {"loss": 1.0 / step})
+            store.report_progress(job.id, Progress(step=step, total=4, eta_s=4 - step),
+                                  {"loss": 1.0 / step, "it_per_s": 2.5})
             time.sleep(0.6)  # slower than the pipe's line limit (4 a second): each step can get its line
         store.transition(
             job.id,
@@ -396,7 +397,7 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     code, out, err = run("jobs", "watch", job.id)
     thread.join()
     assert code == 0, err
-    assert f"[{'#' * 30}] 4/4  loss 0.25  eta 0s" in err and "status: succeeded" in err
+    assert f"[{'#' * 30}] 4/4  loss 0.25  it/s 2.5  eta 0s" in err and "status: succeeded" in err
     steps = [line.split("] ")[1].split()[0] for line in err.splitlines() if line.startswith("[")]
     # stderr is a pipe here: a line per step change (events may arrive bunched, so one may be merged away)
     assert steps[0] == "1/4" and steps[-1] == "4/4" and len(steps) >= 3 and steps == sorted(set(steps)), err

@@ -167,7 +167,7 @@ def test_the_same_non_image_gets_the_same_415_on_every_route(client, name, data)
     for route, r in answers.items():
         body = assert_problem(r, 415)
         named = "images[0]" if route == "/detect json" else "images[2]" if route == "/finetune json" else name
-        assert body["type"].endswith("/not-an-image") and body["title"] == "Unsupported media type", route
+        assert body["type"] == "urn:detbooth:problem:not-an-image" and body["title"] == "Unsupported media type", route
         assert body["detail"].startswith(f"{named} is "), (route, body)
         assert body["detail"].endswith("send images in one of these formats: PNG, JPEG, WebP, BMP, TIFF, GIF, "
                                        "PPM or JPEG 2000"), (route, body)

@@ -3,7 +3,7 @@ import threading
 import pytest
 import redis
 
-from services.jobs.schema import JobError, JobStatus, JobType, Progress
+from services.contracts.jobs import JobError, JobStatus, JobType, Progress
 from services.jobs.store import IdempotencyConflict, JobNotFound, JobStore, TransitionRefused
 
 
