@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
 from gateway.detection_client import forward
@@ -49,7 +50,8 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
             body = DetectJSONRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise validation_problem(e) from e
-        files = decode_base64_images(body.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
+        files = await run_in_threadpool(decode_base64_images, body.images, max_files=s.max_files,
+                                        max_file_bytes=s.max_file_bytes)
         params = body.params
     else:
         raise Problem(415, "Unsupported media type", "send multipart/form-data with `images` files, "

@@ -29,8 +29,8 @@ from services.contracts.finetune import (
 )
 from services.contracts.jobs import Job, Progress
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.interface import JobSystem, TransitionRefused
 from services.jobs.lifecycle import JobCanceled, JobFailed
-from services.jobs.store import JobStore, TransitionRefused
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def load_instance_images(job: Job, artifacts: ArtifactStore, config: FinetuneCon
 
 
 class _Reporter:
-    def __init__(self, store: JobStore, job_id: str):
+    def __init__(self, store: JobSystem, job_id: str):
         self.store, self.job_id = store, job_id
 
     def __call__(self, step: int, total: int, eta_s: float | None, metrics: dict[str, float]) -> None:
@@ -88,7 +88,7 @@ class _Reporter:
             return False
 
 
-def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_dir: Path,
+def run_finetune_job(job: Job, store: JobSystem, artifacts: ArtifactStore, data_dir: Path,
                      base_model_spec: str | None = None, single_file_config: str | None = None,
                      class_cache_bytes: int | None = None) -> dict[str, Any]:
     from services.dreambooth.base_models import BaseModelError, resolve_base_model
