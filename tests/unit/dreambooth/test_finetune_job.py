@@ -122,7 +122,7 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     store, artifacts, settings = env
     job = create_job(store, artifacts, {**CONFIG, "with_prior_preservation": False, "max_train_steps": 10,
                                         "checkpoint_every": 2, "keep_last_checkpoints": 2})
-    worker_env = {**os.environ, "DETBOOTH_DATA_DIR": str(settings.data_dir), "DETBOOTH_KEY_PREFIX": store.prefix,
+    worker_env = {**os.environ, "DETBOOTH_DATA_DIR": str(settings.data_dir), "DETBOOTH_KEY_PREFIX": settings.key_prefix,
                   "DETBOOTH_SD_BASE_MODEL": str(tiny_sd), "DETBOOTH_REDIS_URL": settings.redis_url,
                   "DETBOOTH_TASK_HEARTBEAT_S": "0.5", "DETBOOTH_JOB_LEASE_S": "2"}
     worker = subprocess.Popen([sys.executable, "-c", f"from services.dreambooth import tasks; tasks.finetune({job.id!r})"],
