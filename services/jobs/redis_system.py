@@ -640,11 +640,14 @@ class AsyncRedisJobSystem:
 
     def __init__(self, url: str, keys: Keys, *, max_waiting: int = 4096, max_connections: int = 256):
         self.keys = keys
-        self.r = aioredis.Redis.from_url(url, max_connections=max_connections, socket_connect_timeout=2,
-                                         socket_timeout=15, health_check_interval=10)
+        # blocking pools: past `max_connections` a caller waits (up to `timeout`) for a connection to come back
+        # instead of failing at once
+        self.r = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10, socket_connect_timeout=2, socket_timeout=15,
+            health_check_interval=10))
         # socket_timeout must outlast the longest XREAD BLOCK (10 s)
-        self.blocking = aioredis.Redis.from_url(url, max_connections=max_waiting, socket_connect_timeout=2,
-                                                socket_timeout=20)
+        self.blocking = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_waiting, timeout=30, socket_connect_timeout=2, socket_timeout=20))
         self._hit = self.r.register_script(_HIT)
 
     @classmethod
@@ -698,5 +701,6 @@ class AsyncRedisJobSystem:
         return bool(await self.r.ping())
 
     async def aclose(self) -> None:
-        await self.r.aclose()
-        await self.blocking.aclose()
+        for client in (self.r, self.blocking):
+            await client.aclose()
+            await client.connection_pool.disconnect()  # a pool passed in is not closed with its client
