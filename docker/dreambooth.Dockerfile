@@ -9,7 +9,7 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY services ./services
 RUN python3 -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128 \
-    && python3 -m pip install '.[dreambooth]' && python3 -m pip install --no-deps open_clip_torch==3.3.0 \
+    && python3 -m pip install '.[dreambooth,s3]' && python3 -m pip install --no-deps open_clip_torch==3.3.0 \
     && useradd --system --uid 10001 detbooth && mkdir -p /data && chown detbooth /data
 USER detbooth
 ENV DETBOOTH_DATA_DIR=/data

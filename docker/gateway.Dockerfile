@@ -6,7 +6,8 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY services ./services
 # The gateway validates fine-tune and generation inputs with the workers' pydantic models only.
-RUN pip install '.[gateway]' && useradd --system --uid 10001 detbooth && mkdir -p /data && chown detbooth /data
+# s3: the artifact store may be an s3:// URL (DETBOOTH_ARTIFACTS_URL) shared with the workers.
+RUN pip install '.[gateway,s3]' && useradd --system --uid 10001 detbooth && mkdir -p /data && chown detbooth /data
 USER detbooth
 ENV DETBOOTH_GATEWAY_HOST=0.0.0.0 DETBOOTH_DATA_DIR=/data
 EXPOSE 8000

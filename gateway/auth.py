@@ -1,31 +1,16 @@
-"""API-key authentication and the per-key rate limit, as FastAPI dependencies."""
+"""API-key authentication and the per-owner rate limit, as FastAPI dependencies (keys: gateway/keys.py)."""
 
-import hashlib
-import hmac
 import logging
 import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.errors import Problem
+from gateway.keys import ANONYMOUS, KeyRing, hash_key, owner_of  # noqa: F401 - re-exported for callers
 from gateway.state import State
+from services.contracts.problems import Problem
 
 log = logging.getLogger(__name__)
-ANONYMOUS = "anonymous"
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def owner_of(key_hash: str) -> str:
-    """Owner ids are derived from the key's hash, so neither the key nor its full hash is ever stored."""
-    return hashlib.sha256(f"owner:{key_hash}".encode()).hexdigest()[:24]
-
-
-def load_key_hashes(keys: list[str]) -> dict[str, str]:
-    return {hash_key(k): owner_of(hash_key(k)) for k in keys}
 
 
 def _presented_key(request: Request) -> str | None:
@@ -37,21 +22,21 @@ def _presented_key(request: Request) -> str | None:
 
 def authenticate(request: Request, state: State) -> str:
     """The caller's owner id. Without configured keys (loopback only) every caller is `anonymous`."""
-    if not state.key_hashes:
+    if not state.keys.configured:
         return ANONYMOUS
     key = _presented_key(request)
     if not key:
         raise Problem(401, "Unauthorized", "send an API key as `Authorization: Bearer <key>` or `X-API-Key`",
                       headers={"WWW-Authenticate": "Bearer"})
-    digest = hash_key(key)
-    for known, owner in state.key_hashes.items():
-        if hmac.compare_digest(known, digest):
-            return owner
+    # a dict lookup on the key's SHA-256: equal time for every wrong key, and the key itself is never kept
+    owner = state.keys.owner_for(key)
+    if owner is not None:
+        return owner
     raise Problem(401, "Unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
 
 
 def rate_limit(owner: Annotated[str, Depends(authenticate)], state: State) -> str:
-    """Fixed one-minute window per key, counted in Redis so every gateway replica shares it."""
+    """Fixed one-minute window per owner, counted in Redis so every gateway replica shares it."""
     limit = state.settings.rate_limit_per_minute
     now = time.time()
     window = int(now // 60)

@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from gateway.auth import load_key_hashes
+from gateway.keys import KeyRing
 from gateway.console import console_app
 from gateway.detection_client import make_client
 from gateway.errors import document_problems, install_error_handlers
@@ -20,6 +20,7 @@ from services.jobs.celery_app import make_celery
 from services.jobs.monitoring import WorkerRegistry, monitoring_client
 from services.jobs.settings import JobSettings
 from services.jobs.store import store_from_settings
+from services.jobs.webhooks import start_webhook_dispatcher
 
 log = logging.getLogger("gateway")
 
@@ -35,15 +36,18 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
             artifacts=ArtifactStore(job_settings.artifacts_location), celery=make_celery(job_settings),
             detection=make_client(settings.detection_url, settings.detection_connect_timeout_s,
                                   settings.detection_timeout_s),
-            key_hashes=load_key_hashes(settings.keys),
+            keys=KeyRing(settings.api_keys, settings.api_keys_file),
             workers=WorkerRegistry(monitoring_client(job_settings.redis_url), job_settings.key_prefix,
                                    ttl_s=3 * job_settings.worker_heartbeat_s),
         )
-        if not state.key_hashes:
+        if not state.keys.configured:
             log.warning("no API keys configured: serving without authentication on %s only",
                         settings.gateway_host)
         app.state.detbooth = state
+        dispatcher = start_webhook_dispatcher(state.store.r, job_settings)
         yield
+        if dispatcher is not None:
+            dispatcher.stop()
         await state.detection.aclose()
 
     app = FastAPI(title="DetBooth", version="0.1.0", lifespan=lifespan,

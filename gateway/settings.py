@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.keys import BadKeyEntry, parse_key_entries
+
 MiB = 1024 * 1024
 
 
@@ -14,8 +16,9 @@ class GatewaySettings(BaseSettings):
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8000, ge=1, le=65535)
-    api_keys: str = Field(default="", description="comma-separated API keys")
-    api_keys_file: Path | None = Field(default=None, description="file with one API key per line")
+    api_keys: str = Field(default="", description="comma-separated API keys: `owner:key` or a bare `key`")
+    api_keys_file: Path | None = Field(
+        default=None, description="file with one `owner:key` or bare key per line; re-read when it changes")
     detection_url: str = "http://127.0.0.1:8001"
     detection_connect_timeout_s: float = Field(default=2.0, gt=0)
     detection_timeout_s: float = Field(default=60.0, gt=0)
@@ -30,6 +33,11 @@ class GatewaySettings(BaseSettings):
     allowed_base_models: str = Field(
         default="", description="comma-separated base models a fine-tune may name; empty: only the default")
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS; empty: CORS off")
+    # per-owner limits on fine-tuning (a GPU-hours budget, not a validity rule: the config allows more)
+    max_active_finetunes: int = Field(default=2, ge=1, description="fine-tunes one key may have queued or running")
+    max_train_steps: int = Field(default=5000, ge=1, description="largest config.max_train_steps accepted")
+    max_class_images: int = Field(default=400, ge=1, description="largest config.num_class_images accepted")
+    max_resolution: int = Field(default=1024, ge=64, description="largest config.resolution accepted")
 
     @property
     def keys(self) -> list[str]:
@@ -50,6 +58,10 @@ class GatewaySettings(BaseSettings):
     def _refuse_open_gateway(self) -> "GatewaySettings":
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ValueError(f"DETBOOTH_API_KEYS_FILE={self.api_keys_file} does not exist")
+        try:
+            parse_key_entries(self.keys)
+        except BadKeyEntry as e:
+            raise ValueError(f"DETBOOTH_API_KEYS / DETBOOTH_API_KEYS_FILE: {e}") from None
         if not self.keys and not self.loopback_only:
             raise ValueError(
                 f"DETBOOTH_GATEWAY_HOST={self.gateway_host} is not a loopback address and no API keys are set: "

@@ -7,6 +7,7 @@ import httpx
 from celery import Celery
 from fastapi import Depends, Request
 
+from gateway.keys import KeyRing
 from gateway.settings import GatewaySettings
 from services.jobs.artifacts import ArtifactStore
 from services.jobs.monitoring import WorkerRegistry
@@ -22,7 +23,7 @@ class AppState:
     artifacts: ArtifactStore
     celery: Celery
     detection: httpx.AsyncClient
-    key_hashes: dict[str, str]  # sha256(key) -> owner id
+    keys: KeyRing
     workers: WorkerRegistry
 
 

@@ -6,31 +6,40 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
 from gateway.auth import Caller
-from gateway.errors import Problem
-from gateway.schemas import JobView, job_view
+from gateway.schemas import job_view
 from gateway.state import State
 from gateway.submit import check_idempotency_key, fingerprint, prefer_wait, submit, wait_until_finished
-from services.dreambooth.gen_params import GenerateParams
-from services.jobs.schema import JobType
+from gateway.webhooks import webhook_spec
+from services.contracts.generate import GenerateParams
+from services.contracts.jobs import JobType, JobView
+from services.contracts.problems import Problem
+from services.contracts.webhooks import WebhookRequest
 from services.jobs.store import JobNotFound
 
 router = APIRouter(tags=["generate"])
 
 
+class GenerateBody(GenerateParams, WebhookRequest):
+    """The generation parameters, and optionally a webhook for the job's events."""
+
+
 @router.post("/generate", status_code=202, response_model=JobView,
              responses={200: {"model": JobView, "description": "finished within `Prefer: wait=N`"}})
-def generate(params: GenerateParams, request: Request, state: State, owner: Caller,
+def generate(body: GenerateBody, request: Request, state: State, owner: Caller,
              prefer: Annotated[str | None, Header()] = None,
              idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
     """Queue image generation. With `Prefer: wait=N` the answer waits up to N seconds for the images."""
     idem = check_idempotency_key(idempotency_key)
+    params = GenerateParams.model_validate(body.model_dump(exclude=set(WebhookRequest.model_fields)))
+    webhook = webhook_spec(body.model_dump(include=set(WebhookRequest.model_fields), exclude_unset=True),
+                           state.job_settings)
     if params.model != "base":
         try:
             state.store.get_model(params.model, owner)
         except JobNotFound:
             raise Problem(422, "Unknown model", f"model `{params.model}` is neither `base` nor a fine-tune of "
                           "this API key that succeeded (see GET /models)", type_="unknown-model") from None
-    spec = {"params": params.model_dump(mode="json")}
+    spec = {"params": params.model_dump(mode="json"), **({"webhook": webhook} if webhook else {})}
     job, created = submit(state, owner, JobType.generate, spec, idempotency_key=idem, fp=fingerprint(spec))
     wait = prefer_wait(prefer, state.settings.max_wait_s)
     headers = {"Location": f"/jobs/{job.id}", **({} if created else {"Idempotent-Replayed": "true"})}

@@ -4,6 +4,9 @@ The cache folder is `<cache_root>/<hash(base model, class prompt, resolution)>/`
 `i.png`, drawn with seed i, so any job asking for the same (model, prompt, resolution) reuses what an
 earlier job made and only generates the missing ones. Jobs filling the same folder at once take turns on a
 file lock, and each image is written to a temporary name and renamed, so no reader ever sees half a file.
+
+The cache is bounded (`DETBOOTH_CLASS_IMAGES_CACHE_GB`): after each use the least recently used folders go
+first until the rest fits; the folder just used, and any folder another job holds the lock of, stay.
 """
 
 import contextlib
@@ -12,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,12 +55,24 @@ def _existing(folder: Path, count: int) -> list[Path]:
 
 def ensure_class_images(base_model: Path, class_prompt: str, resolution: int, count: int, cache_root: Path, *,
                         batch_size: int = 4, inference_steps: int = 50, device: str | None = None,
-                        on_progress: Callable[[int, int], None] | None = None) -> list[Path]:
+                        on_progress: Callable[[int, int], None] | None = None,
+                        max_cache_bytes: int | None = None) -> list[Path]:
     """Return `count` class image paths, generating the missing ones with the base model's pipeline."""
     folder = Path(cache_root) / cache_key(base_model_identity(base_model), class_prompt, resolution)
     wanted = [folder / f"{i:05d}.png" for i in range(count)]
-    if len(_existing(folder, count)) == count:
-        return wanted
+    if len(_existing(folder, count)) < count:
+        _fill(base_model, class_prompt, resolution, wanted, folder, batch_size=batch_size,
+              inference_steps=inference_steps, device=device, on_progress=on_progress)
+    _mark_used(folder)
+    if max_cache_bytes is not None:
+        prune_cache(Path(cache_root), max_cache_bytes, keep=folder)
+    return wanted
+
+
+def _fill(base_model: Path, class_prompt: str, resolution: int, wanted: list[Path], folder: Path, *,
+          batch_size: int, inference_steps: int, device: str | None,
+          on_progress: Callable[[int, int], None] | None) -> None:
+    count = len(wanted)
     with _locked(folder):  # another job may be filling the same folder: take turns, then reuse its images
         missing = [i for i in range(count) if not wanted[i].is_file()]
         if missing:
@@ -66,7 +82,48 @@ def ensure_class_images(base_model: Path, class_prompt: str, resolution: int, co
                 {"base_model": str(base_model), "class_prompt": class_prompt, "resolution": resolution}))
             _generate(base_model, class_prompt, resolution, missing, folder, batch_size=batch_size,
                       inference_steps=inference_steps, device=device, on_progress=on_progress, total=count)
-    return wanted
+
+
+_USED = ".last_used"
+
+
+def _mark_used(folder: Path) -> None:
+    (folder / _USED).touch()
+    os.utime(folder / _USED)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def _last_used(folder: Path) -> float:
+    marker = folder / _USED
+    return marker.stat().st_mtime if marker.exists() else folder.stat().st_mtime
+
+
+def prune_cache(cache_root: Path, max_bytes: int, *, keep: Path | None = None) -> list[Path]:
+    """Remove least recently used cache folders until the cache takes at most `max_bytes`; returns them."""
+    if not cache_root.is_dir():
+        return []
+    folders = [f for f in cache_root.iterdir() if f.is_dir()]
+    sizes = {f: _folder_bytes(f) for f in folders}
+    total = sum(sizes.values())
+    removed = []
+    for folder in sorted(folders, key=_last_used):
+        if total <= max_bytes:
+            break
+        if keep is not None and folder.resolve() == Path(keep).resolve():
+            continue
+        with open(folder / ".lock", "a") as fh:
+            try:  # a job filling or reading it right now holds the lock: leave it
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+        total -= sizes[folder]
+        removed.append(folder)
+        log.info("class-image cache over %d bytes: removed %s (least recently used)", max_bytes, folder.name)
+    return removed
 
 
 def _generate(base_model: Path, prompt: str, resolution: int, indices: list[int], folder: Path, *,

@@ -23,6 +23,10 @@ class DreamboothSettings(BaseSettings):
         gt=0,
         description="memory budget of the loaded-pipeline cache (least recently used out first)",
     )
+    class_images_cache_gb: float = Field(
+        default=20.0, gt=0,
+        description="disk budget of the class-image cache (<data_dir>/class_images); least recently used out first",
+    )
     device: str | None = Field(
         default=None, description="torch device; default cuda when available, else cpu"
     )

@@ -2,10 +2,10 @@
 
 import logging
 
+from services.contracts.jobs import Job
 from services.jobs.celery_app import make_celery
 from services.jobs.lifecycle import run_task
 from services.jobs.monitoring import install_worker_beat, monitoring_client
-from services.jobs.schema import Job
 from services.jobs.settings import JobSettings
 from services.jobs.store import store_from_settings
 from services.jobs.tasks import FINETUNE_TASK, GENERATE_TASK
@@ -33,7 +33,8 @@ def _finetune_body(job: Job) -> dict:
 
     db = DreamboothSettings()
     return run_finetune_job(job, job_store(), ArtifactStore(settings.artifacts_location), settings.data_dir,
-                            base_model_spec=db.sd_base_model, single_file_config=db.sd_single_file_config)
+                            base_model_spec=db.sd_base_model, single_file_config=db.sd_single_file_config,
+                            class_cache_bytes=int(db.class_images_cache_gb * 1e9))
 
 
 def _generate_body(job: Job) -> dict:

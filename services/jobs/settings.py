@@ -40,8 +40,33 @@ class JobSettings(BaseSettings):
         default=5.0, gt=0, description="how often a worker records that it is up; down after 3 missed beats"
     )
 
+    webhook_secret: str | None = Field(
+        default=None, description="`whsec_<base64>` secret that signs webhook deliveries; unset: webhooks off"
+    )
+    webhook_allow_private: bool = Field(
+        default=False, description="allow webhook targets on private, loopback and link-local addresses"
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50, description="tries per webhook delivery")
+    webhook_retry_base_s: float = Field(
+        default=5.0, gt=0, description="first retry delay; each further one is 4 times longer (capped at 6 h)"
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="how long a receiver may take to answer")
+    webhook_progress_interval_s: float = Field(
+        default=10.0, ge=0, description="at most one `progress` webhook per job this often"
+    )
+
     @model_validator(mode="after")
     def _check(self) -> "JobSettings":
+        if self.webhook_secret is not None:
+            from standardwebhooks import Webhook
+
+            try:
+                if not self.webhook_secret.startswith("whsec_"):
+                    raise ValueError("no whsec_ prefix")
+                Webhook(self.webhook_secret)
+            except Exception:
+                raise ValueError("DETBOOTH_WEBHOOK_SECRET must be `whsec_` followed by base64 (at least 24 "
+                                 "random bytes), e.g. whsec_$(openssl rand -base64 32)") from None
         if self.task_heartbeat_s * 3 > self.visibility_timeout_s:
             raise ValueError(
                 f"DETBOOTH_TASK_HEARTBEAT_S={self.task_heartbeat_s} must be at most a third of "

@@ -3,11 +3,12 @@
 Layout in the artifact store (all under `jobs/<id>/`):
     inputs/NNN.png      the uploaded instance images (written by the gateway)
     config.yaml         the resolved config; written once, so a resumed job trains with the same settings
-    checkpoints/        step-NNNNNN.ckpt, the newest `keep_last_checkpoints`
+    checkpoints/        step-NNNNNN.ckpt, the newest `keep_last_checkpoints` (removed once the job succeeds)
     logs/               tensorboard/, csv/metrics.csv, validation/step-NNNNNN/*.png
     model/              the export: a diffusers folder (full) or pytorch_lora_weights.safetensors (lora)
 
 A re-delivered task (worker died) finds config.yaml and the newest checkpoint and resumes from there.
+Once the model is exported and registered only model/, config.yaml and logs/ remain (train/retention.py).
 """
 
 import importlib.util
@@ -18,10 +19,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from services.dreambooth.config import MAX_INSTANCE_IMAGES, MIN_INSTANCE_IMAGES, ConfigError, FinetuneConfig
+from services.contracts.finetune import (
+    MAX_INSTANCE_IMAGES,
+    MIN_INSTANCE_IMAGES,
+    ConfigError,
+    FinetuneConfig,
+    FinetuneResult,
+    TrainingMetrics,
+)
+from services.contracts.jobs import Job, Progress
 from services.jobs.artifacts import ArtifactStore
 from services.jobs.lifecycle import JobCanceled, JobFailed
-from services.jobs.schema import Job, Progress
 from services.jobs.store import JobStore, TransitionRefused
 
 log = logging.getLogger(__name__)
@@ -81,10 +89,12 @@ class _Reporter:
 
 
 def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_dir: Path,
-                     base_model_spec: str | None = None, single_file_config: str | None = None) -> dict[str, Any]:
+                     base_model_spec: str | None = None, single_file_config: str | None = None,
+                     class_cache_bytes: int | None = None) -> dict[str, Any]:
     from services.dreambooth.base_models import BaseModelError, resolve_base_model
     from services.dreambooth.class_images import ensure_class_images
     from services.dreambooth.data import load_training_image
+    from services.dreambooth.train.retention import keep_only_the_model
     from services.dreambooth.train.run import RunHooks, train_dreambooth
 
     config = job_config(job, artifacts)
@@ -109,6 +119,7 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
             batch_size=config.class_images_batch_size, inference_steps=config.class_images_inference_steps,
             on_progress=lambda done, total: reporter(0, config.max_train_steps, None,
                                                      {"class_images_done": done, "class_images_total": total}),
+            max_cache_bytes=class_cache_bytes,
         )
         if reporter.should_cancel():
             raise JobCanceled()
@@ -152,17 +163,18 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
     if config.method == "lora":
         info["lora"] = {"rank": config.lora.rank, "alpha": config.lora.scale_alpha}
     store.register_model(job.owner, job.id, info)
-    return {
-        "model_id": job.id,
-        "model": model_key,
-        "method": config.method,
-        "config": f"{prefix}/config.yaml",
-        "checkpoints": artifacts.list(f"{prefix}/checkpoints"),
-        "logs": f"{prefix}/logs",
-        "steps": result.global_step,
-        "resumed_from_step": _step_of(result.resumed_from),
-        "metrics": result.metrics,
-    }
+    removed = keep_only_the_model(artifacts, prefix)
+    log.info("job %s: kept the model, config and logs; removed %s", job.id, ", ".join(removed) or "nothing")
+    return FinetuneResult(
+        model_id=job.id,
+        model=model_key,
+        method=config.method,
+        config=f"{prefix}/config.yaml",
+        logs=f"{prefix}/logs",
+        steps=result.global_step,
+        resumed_from_step=_step_of(result.resumed_from),
+        metrics=TrainingMetrics.model_validate(result.metrics),
+    ).model_dump(mode="json")
 
 
 def _mirror_checkpoints(artifacts: ArtifactStore, prefix: str):

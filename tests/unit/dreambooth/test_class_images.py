@@ -53,3 +53,42 @@ def test_two_jobs_filling_the_same_cache_at_once(tiny_sd, tmp_path):
     assert not list(folder.glob(".*.tmp-*"))
     for p in a:
         Image.open(p).load()  # complete, decodable files
+
+
+def _fake_folder(root, name, size, used_at):
+    import os
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "00000.png").write_bytes(b"x" * size)
+    (folder / ".last_used").touch()
+    os.utime(folder / ".last_used", (used_at, used_at))
+    return folder
+
+
+def test_cache_is_bounded_least_recently_used_first(tmp_path):
+    import fcntl
+
+    from services.dreambooth.class_images import prune_cache
+
+    old = _fake_folder(tmp_path, "old", 1000, 100)
+    middle = _fake_folder(tmp_path, "middle", 1000, 200)
+    locked = _fake_folder(tmp_path, "locked", 1000, 50)  # oldest, but a job is filling it right now
+    new = _fake_folder(tmp_path, "new", 1000, 300)
+    with open(locked / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        removed = prune_cache(tmp_path, 2500, keep=new)
+    assert removed == [old, middle]  # oldest first, the locked one skipped, until 2000 ≤ 2500 bytes remain
+    assert locked.exists() and new.exists() and not old.exists() and not middle.exists()
+
+
+def test_using_a_folder_makes_it_recent_and_the_budget_evicts_the_others(tiny_sd, tmp_path):
+    import os
+
+    first = ensure_class_images(tiny_sd, "a photo of a dog", 64, 1, tmp_path, inference_steps=1)[0].parent
+    os.utime(first / ".last_used", (1, 1))  # long ago
+    second = ensure_class_images(tiny_sd, "a photo of a cat", 64, 1, tmp_path, inference_steps=1,
+                                 max_cache_bytes=1)[0].parent
+    assert second.exists() and not first.exists()  # over budget: the least recently used went, not the new one
+    again = ensure_class_images(tiny_sd, "a photo of a cat", 64, 1, tmp_path, inference_steps=1, max_cache_bytes=1)
+    assert again[0].is_file()
