@@ -5,14 +5,15 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from gateway.auth import Caller
+from gateway.detect_uploads import check_detect_uploads
 from gateway.detection_client import forward
 from gateway.state import State
 from gateway.uploads import decode_base64_images, read_multipart, sniff_format
 from services.contracts.detect import DetectJSONRequest, DetectParams, DetectResponse
+from services.contracts.documents import sniff_document
 from services.contracts.problems import Problem, validation_problem
 
 router = APIRouter(tags=["detection"])
-PDF_MAGIC = b"%PDF-"
 
 _OPENAPI_BODY = {
     "requestBody": {
@@ -39,7 +40,7 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
     s = state.settings
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        files, fields = await read_multipart(request, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
+        files, fields = await read_multipart(request, max_files=s.limits.max_files, max_file_bytes=s.limits.max_file_bytes)
         try:
             params = DetectParams.model_validate(fields)
         except ValidationError as e:
@@ -49,7 +50,7 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
             body = DetectJSONRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise validation_problem(e) from e
-        files = decode_base64_images(body.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
+        files = decode_base64_images(body.images, max_files=s.limits.max_files, max_file_bytes=s.limits.max_file_bytes)
         params = body.params
     else:
         raise Problem(415, "Unsupported media type", "send multipart/form-data with `images` files, "
@@ -57,8 +58,9 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
     if not files:
         raise Problem(422, "No images", "send at least one image in the `images` field", type_="validation-error")
     for f in files:  # the same 415 as every other route, before the upload travels on
-        if not f.data.startswith(PDF_MAGIC):  # PDFs are the detection service's to read or refuse
+        if sniff_document(f.data) is None:  # PDFs and TIFFs are documents: their pages are checked below
             sniff_format(f)
+    await check_detect_uploads([f.data for f in files], params, s.limits)
     data = {k: str(v.value if hasattr(v, "value") else v) for k, v in params.model_dump(exclude_none=True).items()}
     upstream = await forward(
         state.detection, "POST", "/v1/detect", data=data,

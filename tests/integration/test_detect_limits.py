@@ -1,5 +1,5 @@
 """One set of upload limits: the gateway and the detection service read them from the same variables
-(`DETBOOTH_DETECT_*`). At each limit a request passes both; one over fails at the gateway, and the detection
+(`DETBOOTH_MAX_*`). At each limit a request passes both; one over fails at the gateway, and the detection
 service never sees it (its request counter does not move); sent straight to the service it fails there too."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from tests.integration.conftest import ALICE, base_env
 from tests.integration.detection.conftest import DetectionServer, service_env
 from tests.procs import start_gateway
 
-LIMITS = {"max_files": 3, "max_file_bytes": 40_000, "max_request_bytes": 100_000, "max_pixels": 300 * 200,
-          "max_pages": 4}
-LIMITS_ENV = {f"DETBOOTH_DETECT_{k.upper()}": str(v) for k, v in LIMITS.items()}
+LIMITS = {"max_files": 3, "max_file_bytes": 40_000, "max_total_bytes": 100_000, "max_image_pixels": 300 * 200,
+          "max_pages": 4, "document_dpi": 144}
+LIMITS_ENV = {f"DETBOOTH_{k.upper()}": str(v) for k, v in LIMITS.items()}
 
 
 def png(size=(64, 48), nbytes: int | None = None) -> bytes:
@@ -64,8 +64,8 @@ def send(url: str, files: list[bytes], path: str = "/detect", **fields: str) -> 
 
 
 def multipart_of_size(total: int) -> tuple[bytes, str]:
-    """A multipart body of exactly `total` bytes: three PNG files, the last padded."""
-    files = [png(), png()]
+    """A multipart body of exactly `total` bytes: three PNG files within the per-file limit, the last padded."""
+    files = [png(nbytes=LIMITS["max_file_bytes"])] * 2
 
     def build(last: bytes) -> httpx.Request:
         parts = [("images", (f"f{i}", d, "image/png")) for i, d in enumerate([*files, last])]
@@ -108,11 +108,11 @@ def test_exactly_the_limit_passes_and_one_over_fails_at_the_gateway(stack, name)
 
 def test_request_bytes(stack):
     url, detection = stack
-    body, ctype = multipart_of_size(LIMITS["max_request_bytes"])
+    body, ctype = multipart_of_size(LIMITS["max_total_bytes"])
     r = httpx.post(f"{url}/detect", headers={**ALICE, "content-type": ctype}, content=body, timeout=60)
     assert r.status_code == 200, r.text
     before = served(detection)
-    body, ctype = multipart_of_size(LIMITS["max_request_bytes"] + 1)
+    body, ctype = multipart_of_size(LIMITS["max_total_bytes"] + 1)
     r = httpx.post(f"{url}/detect", headers={**ALICE, "content-type": ctype}, content=body, timeout=60)
     assert r.status_code == 413 and served(detection) == before, r.text
     direct = httpx.post(f"{detection.url}/v1/detect", headers={"content-type": ctype}, content=body, timeout=60)
