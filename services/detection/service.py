@@ -51,7 +51,7 @@ class DetectionService:
             engine = create_engine(self.model, s)
             self.batcher = DynamicBatcher(
                 engine, max_batch_size=s.max_batch_size, max_queue_delay_ms=s.max_queue_delay_ms,
-                max_queue_images=s.max_queue_images, bucket_sides=s.bucket_sides, pad_to_buckets=s.bucket_mode == "padded", pow2_batches=s.pow2_batches,
+                max_queue_images=s.max_queue_images, bucket_sides=s.bucket_sides, pad_to_buckets=s.bucket_mode == "padded", pow2_batches=s.pow2_batches, max_batch_pixels=s.max_batch_pixels,
                 engine_workers=s.engine_workers,
                 warmup=s.warmup, on_batch=self.metrics.observe_batch,
             )

@@ -37,8 +37,9 @@ class DetectionSettings(BaseSettings):
     device: Literal["cpu", "gpu"] = "cpu"
     gpu_id: int = Field(0, ge=0)
     cpu_threads: int = Field(0, ge=0)  # 0: every core
-    engine_workers: int = Field(2, ge=1, le=16)  # engine threads (one Paddle predictor each): one batch's
-    # copies and bookkeeping overlap another's compute
+    # engine threads (one Paddle predictor each). On CPU one: the engine's own threads use every core, and each
+    # extra worker holds one more batch of activations. On GPU two: one batch's copies overlap another's compute.
+    engine_workers: int = Field(1, ge=1, le=16)
     paddle_onednn: bool = True
     onednn_cache_capacity: int = Field(256, ge=1)  # input shapes whose oneDNN primitives stay cached
     ort_spin: bool = False  # let onnxruntime's idle threads spin (faster alone, slower beside the CPU pool)
@@ -55,6 +56,9 @@ class DetectionSettings(BaseSettings):
     max_batch_size: int = Field(8, ge=1, le=256)
     pow2_batches: bool = True  # batch sizes 1, 2, 4, 8, ...: fewer shapes for engines to compile and cache
     max_queue_delay_ms: float = Field(4.0, ge=0, le=1000)
+    # a batch's images x H x W at most this (0: no cap): bounds the engine's peak memory on CPU, where batches
+    # bigger than ~1 Mpx also run no faster per image (caches). A single larger image still runs alone.
+    max_batch_pixels: int = Field(1 << 20, ge=0)
     max_queue_images: int = Field(256, ge=1)
     # exact: a batch holds images of one resized shape, unpadded, so every box equals PaddleOCR's (PP-OCR nets
     # have squeeze-excitation / global pooling, so padding changes the whole probability map, not just its edge).
