@@ -80,7 +80,7 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
             service.metrics.requests.labels(str(status)).inc()
             service.metrics.latency.observe(time.perf_counter() - started)
         service.metrics.images.inc(len(results))
-        return DetectResponse(model=service.model.display_name, results=results)
+        return DetectResponse(model=service.model.display_name, precision=service.precision, results=results)
 
     @app.get("/healthz")
     async def healthz(service: Service) -> dict:
