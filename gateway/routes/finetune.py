@@ -87,7 +87,7 @@ async def finetune(request: Request, state: State, owner: Caller,
     """Start fine-tuning; poll `GET /jobs/{id}` or follow `GET /jobs/{id}/events`."""
     s = state.settings
     idem = check_idempotency_key(idempotency_key)
-    files, raw_config, hook = await _read_request(request, s.max_file_bytes)
+    files, raw_config, hook = await _read_request(request, s.limits.max_file_bytes)
     try:
         config = FinetuneConfig.model_validate(raw_config)
     except ValidationError as e:
@@ -102,7 +102,7 @@ async def finetune(request: Request, state: State, owner: Caller,
                       f"send {MIN_IMAGES}–{MAX_IMAGES} images of the subject; got {len(files)}",
                       type_="wrong-image-count")
     # decoding checks every pixel (PIL): off the event loop, so other requests and streams go on meanwhile
-    checked = await run_in_threadpool(lambda: [check_image(f, max_pixels=s.max_image_pixels,
+    checked = await run_in_threadpool(lambda: [check_image(f, max_pixels=s.limits.max_image_pixels,
                                                            min_side=config.min_image_side) for f in files])
     formats = [fmt for fmt, _, _ in checked]
     spec = {"config": config.model_dump(mode="json")}

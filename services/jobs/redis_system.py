@@ -533,12 +533,12 @@ class RedisJobSystem:
     def report_progress(self, job_id: str, progress: Progress,
                         metrics: TrainingMetrics | dict[str, float] | None = None) -> None:
         """Metrics go through `TrainingMetrics`, so a value under a name no reader knows is refused here."""
-        fields: dict[str, Any] = {"progress": progress.model_dump()}
+        fields: dict[str, Any] = {"progress": progress.model_dump(mode="json")}
         reported = TrainingMetrics.model_validate(metrics).reported() if metrics else {}
         if reported:
             fields["metrics"] = reported
         self._run_update(job_id, allowed={JobStatus.running}, new=None, fields=fields, event="progress",
-                         event_data={"progress": progress.model_dump(), "metrics": reported})
+                         event_data={"progress": progress.model_dump(mode="json"), "metrics": reported})
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
