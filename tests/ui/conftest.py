@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.stack import start_stack
 from tests.procs import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -38,10 +37,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server, logs_dir, tmp_path_factory):
-    s = start_stack(redis_server, tmp_path_factory.mktemp("data"), logs_dir)
-    yield s
-    s.stop()
+def stack(real_stack):
+    """The session's real stack (detection service, gateway, worker), shared with the CLI tests."""
+    return real_stack
 
 
 @pytest.fixture
