@@ -5,11 +5,11 @@ from contextlib import suppress
 
 import redis
 
-from gateway.errors import Problem
 from gateway.settings import GatewaySettings
 from gateway.state import AppState
-from services.dreambooth.config import FinetuneConfig
-from services.jobs.schema import JobType
+from services.contracts.finetune import FinetuneConfig
+from services.contracts.jobs import JobType
+from services.contracts.problems import Problem
 
 FINETUNE = JobType.finetune.value
 

@@ -6,12 +6,14 @@ from pydantic import ValidationError
 
 from gateway.auth import Caller
 from gateway.detection_client import forward
-from gateway.errors import Problem, validation_problem
-from gateway.schemas import DetectJSON, DetectParams, DetectResponse
 from gateway.state import State
-from gateway.uploads import decode_base64_images, read_multipart
+from gateway.multipart_check import scan_multipart
+from gateway.uploads import decode_base64_images, sniff_format
+from services.contracts.detect import DetectJSONRequest, DetectParams, DetectResponse
+from services.contracts.problems import Problem, validation_problem
 
 router = APIRouter(tags=["detection"])
+PDF_MAGIC = b"%PDF-"
 
 _OPENAPI_BODY = {
     "requestBody": {
@@ -24,7 +26,7 @@ _OPENAPI_BODY = {
                     **{k: v for k, v in DetectParams.model_json_schema()["properties"].items()},
                 },
             }},
-            "application/json": {"schema": DetectJSON.model_json_schema(ref_template="#/components/schemas/{model}")},
+            "application/json": {"schema": DetectJSONRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
         },
     }
 }
@@ -37,29 +39,30 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
     """Find text boxes in one or more images (multipart `images`, or JSON base64) with optional thresholds."""
     s = state.settings
     ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        files, fields = await read_multipart(request, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
-        try:
-            params = DetectParams.model_validate(fields)
-        except ValidationError as e:
-            raise validation_problem(e) from e
-    elif ctype.startswith("application/json"):
-        try:
-            body = DetectJSON.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise validation_problem(e) from e
-        files = decode_base64_images(body.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
-        params = body.params
-    else:
+    if not ctype.startswith(("multipart/form-data", "application/json")):
         raise Problem(415, "Unsupported media type", "send multipart/form-data with `images` files, "
                       "or application/json with base64 `images`", type_="unsupported-media-type")
+    body = await request.body()  # counted and capped by BodySizeLimit while it arrives
+    if ctype.startswith("multipart/form-data"):
+        form = scan_multipart(body, ctype, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
+        try:
+            DetectParams.model_validate(form.fields)
+        except ValidationError as e:
+            raise validation_problem(e) from e
+        files = form.files
+    else:
+        try:
+            parsed = DetectJSONRequest.model_validate_json(body)
+        except ValidationError as e:
+            raise validation_problem(e) from e
+        files = decode_base64_images(parsed.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
     if not files:
         raise Problem(422, "No images", "send at least one image in the `images` field", type_="validation-error")
-    data = {k: str(v.value if hasattr(v, "value") else v) for k, v in params.model_dump(exclude_none=True).items()}
-    upstream = await forward(
-        state.detection, "POST", "/v1/detect", data=data,
-        files=[("images", (f.filename, f.data, f.content_type or "application/octet-stream")) for f in files],
-    )
+    for f in files:  # the same 415 as every other route, before the upload travels on
+        if not f.data.startswith(PDF_MAGIC):  # PDFs are the detection service's to read or refuse
+            sniff_format(f)
+    # the body as received: no second parse, no re-encoding; the detection service reads the same format
+    upstream = await forward(state.detection, "POST", "/v1/detect", content=body, headers={"content-type": ctype})
     passthrough = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after",)}
     return Response(upstream.content, status_code=upstream.status_code, headers=passthrough,
                     media_type=upstream.headers.get("content-type", "application/json"))

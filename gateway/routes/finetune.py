@@ -8,16 +8,21 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
-from gateway.errors import Problem, validation_problem
 from gateway.limits import FinetuneSlot, check_caps
-from gateway.schemas import FinetuneJSON, JobView, job_view
+from gateway.schemas import job_view
 from gateway.state import State
 from gateway.submit import check_idempotency_key, fingerprint, submit
-from gateway.webhooks import webhook_spec
 from gateway.uploads import Upload, check_image, decode_base64_images, parse_json_field, read_multipart
-from services.dreambooth.config import MAX_INSTANCE_IMAGES, MIN_INSTANCE_IMAGES, FinetuneConfig
-from services.jobs.schema import JobType
-from services.jobs.webhooks import WebhookRequest
+from gateway.webhooks import webhook_spec
+from services.contracts.finetune import (
+    MAX_INSTANCE_IMAGES,
+    MIN_INSTANCE_IMAGES,
+    FinetuneConfig,
+    FinetuneJSONRequest,
+)
+from services.contracts.jobs import JobType, JobView
+from services.contracts.problems import Problem, validation_problem
+from services.contracts.webhooks import WebhookRequest
 
 WEBHOOK_FIELDS = WebhookRequest.model_json_schema()["properties"]
 
@@ -39,7 +44,7 @@ _OPENAPI_BODY = {
                                        "progress, completed (default: all)"},
                 },
             }},
-            "application/json": {"schema": FinetuneJSON.model_json_schema(ref_template="#/components/schemas/{model}")},
+            "application/json": {"schema": FinetuneJSONRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
         },
     }
 }
@@ -57,7 +62,7 @@ async def _read_request(request: Request, max_file_bytes: int) -> tuple[list[Upl
         return files, parse_json_field(fields["config"], "config"), hook
     if ctype.startswith("application/json"):
         try:
-            body = FinetuneJSON.model_validate_json(await request.body())
+            body = FinetuneJSONRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise validation_problem(e) from e
         files = decode_base64_images(body.images, max_files=MAX_IMAGES, max_file_bytes=max_file_bytes)

@@ -8,12 +8,13 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-from services.jobs.schema import (
+from services.contracts.finetune import TrainingMetrics
+from services.contracts.jobs import (
     ALLOWED_TRANSITIONS,
     Job,
     JobError,
@@ -254,13 +255,17 @@ class JobStore:
             self.inflight.release(job.owner, job.type.value, job.id)
         return job
 
-    def report_progress(self, job_id: str, progress: Progress, metrics: dict[str, float] | None = None) -> None:
-        """Record progress of a running job; ignored (TransitionRefused) once the job left `running`."""
-        fields: dict[str, Any] = {"progress": progress.model_dump()}
+    def report_progress(self, job_id: str, progress: Progress,
+                        metrics: TrainingMetrics | dict[str, float] | None = None) -> None:
+        """Record progress of a running job; ignored (TransitionRefused) once the job left `running`.
+
+        Metrics go through `TrainingMetrics`, so a value under a name no reader knows is refused here."""
+        fields: dict[str, Any] = {"progress": progress.model_dump(mode="json")}
         if metrics:
+            metrics = TrainingMetrics.model_validate(metrics).reported()
             fields["metrics"] = metrics
         self._run_update(job_id, allowed={JobStatus.running}, new=None, fields=fields, event="progress",
-                         event_data={"progress": progress.model_dump(), "metrics": metrics or {}})
+                         event_data={"progress": progress.model_dump(mode="json"), "metrics": metrics or {}})
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once; ask a running one to stop (its worker checks every step)."""
@@ -292,9 +297,11 @@ class JobStore:
 
     # models made by fine-tunes: kept after their job record expires
     def register_model(self, owner: str, model_id: str, info: dict[str, Any]) -> None:
+        now = utcnow()
+        info = {"created_at": now.isoformat(), **info}
         pipe = self.r.pipeline()
         pipe.hset(f"{self.prefix}:model:{model_id}", mapping={"owner": owner, "info": json.dumps(info)})
-        pipe.zadd(self._models_key(owner), {model_id: datetime.now().timestamp()})
+        pipe.zadd(self._models_key(owner), {model_id: now.timestamp()})
         pipe.execute()
 
     def get_model(self, model_id: str, owner: str) -> dict[str, Any]:
@@ -304,11 +311,13 @@ class JobStore:
         return json.loads(raw[b"info"])
 
     def list_models(self, owner: str) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in self.r.zrevrange(self._models_key(owner), 0, -1)]
+        """The owner's models, newest first; `created_at` is when the model was registered."""
+        rows = [(i.decode(), score) for i, score in self.r.zrevrange(self._models_key(owner), 0, -1, withscores=True)]
         pipe = self.r.pipeline()
-        for i in ids:
+        for i, _ in rows:
             pipe.hget(f"{self.prefix}:model:{i}", "info")
-        return [{"id": i, **json.loads(info)} for i, info in zip(ids, pipe.execute()) if info]
+        return [{"id": i, "created_at": datetime.fromtimestamp(score, UTC).isoformat(), **json.loads(info)}
+                for (i, score), info in zip(rows, pipe.execute()) if info]
 
     def ping(self) -> bool:
         return bool(self.r.ping())

@@ -9,7 +9,7 @@ import redis
 
 from gateway.settings import GatewaySettings
 from services.jobs.quota import InFlightJobs
-from services.jobs.schema import JobStatus, JobType
+from services.contracts.jobs import JobStatus, JobType
 from services.jobs.store import JobStore
 from tests.integration.conftest import ALICE, BOB, png_bytes
 from tests.procs import base_env, inprocess_gateway

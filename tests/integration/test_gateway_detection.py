@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import ALICE, base_env
+from tests.integration.conftest import ALICE, base_env, png_bytes
 from tests.integration.detection.conftest import service_env
 from tests.procs import Proc, free_port, inprocess_gateway, python_cmd
 
@@ -43,6 +43,7 @@ def test_detect_multipart_and_json_pass_through(gateway, detection):
     assert r.status_code == 200, r.text
     body = r.json()
     assert "fallback" in body["model"] and len(body["results"]) == 2
+    assert body["precision"] == "fp32"  # passed through from the detection service
     first = body["results"][0]
     assert (first["width"], first["height"]) == (480, 200) and len(first["boxes"]) == 2
     assert all(0 < b["score"] <= 1 and len(b["points"]) == 4 for b in first["boxes"])
@@ -55,8 +56,11 @@ def test_detect_multipart_and_json_pass_through(gateway, detection):
 
 
 def test_detection_errors_pass_through_as_problems(gateway):
-    r = gateway.post("/detect", headers=ALICE, files=[("images", ("x.png", b"not an image", "image/png"))])
-    assert 400 <= r.status_code < 500 and r.headers["content-type"].startswith("application/problem+json")
+    png = png_bytes()
+    truncated = png[: len(png) // 2]  # a PNG header the gateway accepts; the detection service cannot decode it
+    r = gateway.post("/detect", headers=ALICE, files=[("images", ("x.png", truncated, "image/png"))])
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    assert r.json()["type"].endswith("corrupt-image"), r.text
 
 
 def hung_server() -> tuple[socket.socket, str]:

@@ -1,4 +1,5 @@
-"""The job record shared by the gateway and the workers."""
+"""Jobs: the record shared by the gateway and the workers, its statuses and transitions, and the view its
+owner gets over the API."""
 
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,10 +37,31 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class Progress(BaseModel):
+class Phase(StrEnum):
+    """What a fine-tune is doing, in this order."""
+
+    preparing = "preparing"  # its config and photos read, the base model found
+    class_images = "class_images"  # the prior-preservation class images generated (cached for later jobs)
+    training = "training"
+    exporting = "exporting"  # the LoRA file or the diffusers folder written
+
+
+class PhaseProgress(BaseModel):
     step: int = 0
     total: int = 0
     eta_s: float | None = None
+    it_per_s: float | None = Field(default=None, description="the phase's own units a second: steps, images")
+
+
+class Progress(BaseModel):
+    """`step`, `total` and `eta_s` are the job's main measure: a fine-tune's training steps, a generation's
+    denoising steps. A fine-tune also names its current `phase` and keeps each phase's own numbers in `phases`."""
+
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    phase: Phase | None = None
+    phases: dict[Phase, PhaseProgress] = Field(default_factory=dict)
 
 
 class JobError(BaseModel):
@@ -66,3 +88,26 @@ class Job(BaseModel):
     error: JobError | None = None
     attempts: int = 0
     cancel_requested: bool = False
+
+
+class JobView(BaseModel):
+    """A job as its owner sees it (`GET /jobs/{id}`): no owner, no input keys, artifact keys as URLs."""
+
+    id: str
+    type: JobType
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress
+    metrics: dict[str, float]
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    attempts: int
+    cancel_requested: bool
+    spec: dict[str, Any]
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None = None
