@@ -3,5 +3,5 @@ import pytest
 
 @pytest.fixture(scope="module")
 def stack(real_stack):
-    """The session's real stack (detection service, gateway, worker), shared with the console tests."""
+    """The session's real stack: detection service (shared), gateway and worker."""
     return real_stack
