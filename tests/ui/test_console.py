@@ -10,7 +10,7 @@ import redis
 
 from gateway.auth import hash_key, owner_of
 from services.contracts.jobs import JobStatus, JobType, Progress
-from services.jobs.store import JobStore
+from services.jobs.redis_system import RedisJobSystem
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
 from tests.ui.conftest import login, shot
@@ -164,7 +164,7 @@ def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path
 
 def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
     """This test plays the worker through the job store, so progress arrives step by step at its own pace."""
-    store = JobStore(
+    store = RedisJobSystem(
         redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
     )
     config = {
