@@ -60,7 +60,7 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
     app = FastAPI(title="DetBooth text detection", version="1", lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app, settings.retry_after_s)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=settings.limits.max_total_bytes)
 
     @app.post("/v1/detect", response_model=DetectResponse, openapi_extra=DETECT_BODY, responses=PROBLEMS)
     async def detect(request: Request, service: Service) -> DetectResponse:

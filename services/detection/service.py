@@ -67,8 +67,8 @@ class DetectionService:
             self.state = State.WARMING_UP
             await self.batcher.start()
             self.detector = Detector(self.batcher, self.pool, resize, normalize, postprocess,
-                                     s.max_image_pixels, s.request_timeout_s,
-                                     max_pages=s.max_pages_per_request, dpi=s.document_dpi)
+                                     s.limits.max_image_pixels, s.request_timeout_s,
+                                     max_pages=s.limits.max_pages, dpi=s.limits.document_dpi)
             self.state = State.READY
             log.info("detection ready: model %s (%s) at %s on %s", self.model.display_name, self.model.source,
                      self.precision, self.engine_info)
@@ -112,6 +112,7 @@ class DetectionService:
             body["buckets"] = {"mode": self.settings.bucket_mode, "sides": b.bucket_sides,
                                "total": len(b.buckets), "warmed": b.warmed_buckets // b.engine_workers}
             body["queue_depth"] = self.batcher.queue_depth
+        body["limits"] = self.settings.limits.model_dump()
         if self.detector is not None:
             d = self.detector
             body["defaults"] = {"limit_side_len": d.resize.limit_side_len, "limit_type": d.resize.limit_type,

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.contracts.limits import UploadLimits
+
 PADDLEX_MODEL_URL = (
     "https://paddle-model-ecology.bj.bcebos.com/paddlex/official_inference_model/paddle3.0.0/{name}_infer.tar"
 )
@@ -84,12 +86,8 @@ class DetectionSettings(BaseSettings):
     retry_after_s: int = Field(1, ge=1)
     cpu_pool_workers: int = Field(0, ge=0)  # decode/resize/post-process threads; 0: cores + 2
 
-    # --- input limits
-    max_images_per_request: int = Field(16, ge=1)
-    max_image_pixels: int = Field(40_000_000, ge=1)  # per image, and per PDF/TIFF page as rendered
-    max_pages_per_request: int = Field(32, ge=1)  # results per request: images + selected document pages
-    document_dpi: int = Field(144, ge=18, le=1200)  # PDF pages render at this dpi unless a request says
-    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # --- input: files, bytes, pixels and pages per request come from the variables the gateway reads too
+    limits: UploadLimits = Field(default_factory=UploadLimits)
 
     # --- pre/post-processing defaults (a model's inference.yml overrides the ones it names)
     limit_side_len: int | None = Field(None, ge=32)

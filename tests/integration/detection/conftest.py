@@ -84,9 +84,10 @@ def service_env(tmp: Path, **overrides: str) -> dict[str, str]:
 def start_detection(tmp_path_factory) -> Iterator:
     servers: list[DetectionServer] = []
 
-    def start(**overrides: str) -> DetectionServer:
+    def start(env: dict[str, str] | None = None, **overrides: str) -> DetectionServer:
+        """``overrides`` are DETBOOTH_DETECTION_* settings; ``env`` other variables (e.g. the shared limits)."""
         tmp = tmp_path_factory.mktemp("detection")
-        server = DetectionServer(service_env(tmp, **overrides), tmp / "service.log")
+        server = DetectionServer(service_env(tmp, **overrides) | (env or {}), tmp / "service.log")
         servers.append(server)
         server.readiness = server.wait_ready()
         return server
@@ -97,6 +98,7 @@ def start_detection(tmp_path_factory) -> Iterator:
 
 
 @pytest.fixture(scope="session")
-def detection(start_detection) -> DetectionServer:
-    """The default service: offline, so PP-OCRv5_server_det falls back to PP-OCRv5 mobile det on onnxruntime."""
-    return start_detection()
+def detection(detection_service) -> DetectionServer:
+    """The default service: offline, so PP-OCRv5_server_det falls back to PP-OCRv5 mobile det on onnxruntime.
+    The session's one (tests/procs.py), which the gateway, CLI, console and fault tests also use."""
+    return detection_service

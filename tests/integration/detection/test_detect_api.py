@@ -206,7 +206,7 @@ def bad_inputs() -> dict:
         "truncated": (lambda u: post(u, [png[: len(png) // 2]]), 422, "corrupt-image"),
         "too many pixels": (lambda u: post(u, [png_header_only(8000, 8000)]), 413, "too-many-pixels"),
         "decompression bomb": (lambda u: post(u, [png_header_only(100_000, 100_000)]), 413, "too-many-pixels"),
-        "too many images": (lambda u: post(u, [good] * 17), 413, "too-many-images"),
+        "too many images": (lambda u: post(u, [good] * 17), 413, "too-many-files"),
         "bad parameter": (lambda u: post(u, [good], thresh="high", box_type="circle"), 422, "validation-error"),
         "unknown parameter": (lambda u: post(u, [good], colour="red"), 422, "validation-error"),
         "no images": (lambda u: httpx.post(f"{u}/v1/detect", files=[("other", ("a", good))]), 422,
