@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from .batcher import DynamicBatcher
 from .engines import create_engine
+from .memory import trim_native_heap
 from .metrics import Metrics
 from .models import ResolvedModel, normalize_config, postprocess_config, resize_config, resolve_model
 from .pipeline import Detector
@@ -53,7 +54,7 @@ class DetectionService:
                 engine, max_batch_size=s.max_batch_size, max_queue_delay_ms=s.max_queue_delay_ms,
                 max_queue_images=s.max_queue_images, bucket_sides=s.bucket_sides, pad_to_buckets=s.bucket_mode == "padded", pow2_batches=s.pow2_batches, max_batch_pixels=s.max_batch_pixels,
                 engine_workers=s.engine_workers,
-                warmup=s.warmup, on_batch=self.metrics.observe_batch,
+                warmup=s.warmup, on_batch=self.metrics.observe_batch, on_idle=trim_native_heap,
             )
             await asyncio.to_thread(engine.load, self.batcher.buckets, s.max_batch_size)
             self.engine_info = engine.describe()
