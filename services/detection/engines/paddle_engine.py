@@ -88,12 +88,13 @@ def has_calibration_table(cache: Path) -> bool:
 
 def calibration_inputs(settings: DetectionSettings, bucket: Shape | None, profile: Profile,
                        batches: Iterable[np.ndarray] | None = None) -> list[np.ndarray]:
-    """The rendered calibration images, preprocessed as served; padded/cropped to a static bucket's shape, or
-    kept at their own shapes for a dynamic engine (only those within its profile)."""
+    """The rendered calibration images, preprocessed as served; padded/cropped to a static bucket's shape, or, for
+    a dynamic engine, at their own shapes padded up to its smallest (those within its profile)."""
     batches = default_calibration(settings) if batches is None else batches
     if bucket is not None:
         return [pad_to(b, bucket) for b in batches]
-    return [b for b in batches if profile.covers(b.shape)]
+    at_least = [pad_to(b, (max(b.shape[2], profile.min[2]), max(b.shape[3], profile.min[3]))) for b in batches]
+    return [b for b in at_least if profile.covers(b.shape)]
 
 
 def build_config(folder: Path, settings: DetectionSettings, bucket: Shape | None = None, max_batch_size: int = 1,
