@@ -61,7 +61,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins.split(","),
                            allow_methods=["GET", "POST"], allow_headers=["Authorization", "X-API-Key",
                                                                          "Content-Type", "Idempotency-Key", "Prefer"])
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_total_bytes,
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_total_bytes,
                        read_timeout_s=settings.body_read_timeout_s)
     app.add_middleware(MetricsAndHeaders)
     return app

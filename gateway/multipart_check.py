@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.uploads import Upload
+from gateway.uploads import Upload, mib
 from services.contracts.problems import Problem
 
 
@@ -88,14 +88,14 @@ class _Scanner:
         if self._file is not None:
             self._file.size += end - start
             if self._file.size > self.max_file_bytes:
-                raise Problem(413, "File too large", f"{self._file.filename} is larger than {self.max_file_bytes} "
-                              "bytes", type_="file-too-large")
+                raise Problem(413, "File too large", f"{self._file.filename} is larger than "
+                              f"{mib(self.max_file_bytes)}", type_="file-too-large")
             self._file.pieces.append(data[start:end])
         else:
             self._field_value += data[start:end]
             if len(self._field_value) > self.max_field_bytes:
                 raise Problem(400, "Malformed multipart body", f"the `{self._field_name}` field is larger than "
-                              f"{self.max_field_bytes} bytes", type_="bad-multipart")
+                              f"{mib(self.max_field_bytes)}", type_="bad-multipart")
 
     def on_part_end(self) -> None:
         if self._file is None:

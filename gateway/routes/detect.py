@@ -5,15 +5,16 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from gateway.auth import Caller
+from gateway.detect_uploads import check_detect_uploads
 from gateway.detection_client import forward
-from gateway.state import State
 from gateway.multipart_check import scan_multipart
+from gateway.state import State
 from gateway.uploads import decode_base64_images, sniff_format
 from services.contracts.detect import DetectJSONRequest, DetectParams, DetectResponse
+from services.contracts.documents import sniff_document
 from services.contracts.problems import Problem, validation_problem
 
 router = APIRouter(tags=["detection"])
-PDF_MAGIC = b"%PDF-"
 
 _OPENAPI_BODY = {
     "requestBody": {
@@ -44,9 +45,9 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
                       "or application/json with base64 `images`", type_="unsupported-media-type")
     body = await request.body()  # counted and capped by BodySizeLimit while it arrives
     if ctype.startswith("multipart/form-data"):
-        form = scan_multipart(body, ctype, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
+        form = scan_multipart(body, ctype, max_files=s.limits.max_files, max_file_bytes=s.limits.max_file_bytes)
         try:
-            DetectParams.model_validate(form.fields)
+            params = DetectParams.model_validate(form.fields)
         except ValidationError as e:
             raise validation_problem(e) from e
         files = form.files
@@ -55,12 +56,15 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
             parsed = DetectJSONRequest.model_validate_json(body)
         except ValidationError as e:
             raise validation_problem(e) from e
-        files = decode_base64_images(parsed.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
+        files = decode_base64_images(parsed.images, max_files=s.limits.max_files,
+                                     max_file_bytes=s.limits.max_file_bytes)
+        params = parsed.params
     if not files:
         raise Problem(422, "No images", "send at least one image in the `images` field", type_="validation-error")
     for f in files:  # the same 415 as every other route, before the upload travels on
-        if not f.data.startswith(PDF_MAGIC):  # PDFs are the detection service's to read or refuse
+        if sniff_document(f.data) is None:  # PDFs and TIFFs are documents: their pages are checked below
             sniff_format(f)
+    await check_detect_uploads([f.data for f in files], params, s.limits)  # pixels and pages, before it travels
     # the body as received: no second parse, no re-encoding; the detection service reads the same format
     upstream = await forward(state.detection, "POST", "/v1/detect", content=body, headers={"content-type": ctype})
     passthrough = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after",)}

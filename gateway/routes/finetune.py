@@ -86,7 +86,7 @@ async def finetune(request: Request, state: State, owner: Caller,
     """Start fine-tuning; poll `GET /jobs/{id}` or follow `GET /jobs/{id}/events`."""
     s = state.settings
     idem = check_idempotency_key(idempotency_key)
-    files, raw_config, hook = await _read_request(request, s.max_file_bytes)
+    files, raw_config, hook = await _read_request(request, s.limits.max_file_bytes)
     try:
         config = FinetuneConfig.model_validate(raw_config)
     except ValidationError as e:
@@ -100,7 +100,7 @@ async def finetune(request: Request, state: State, owner: Caller,
         raise Problem(422, "Wrong number of images",
                       f"send {MIN_IMAGES}–{MAX_IMAGES} images of the subject; got {len(files)}",
                       type_="wrong-image-count")
-    formats = [check_image(f, max_pixels=s.max_image_pixels, min_side=config.min_image_side)[0] for f in files]
+    formats = [check_image(f, max_pixels=s.limits.max_image_pixels, min_side=config.min_image_side)[0] for f in files]
     spec = {"config": config.model_dump(mode="json")}
     if webhook := await run_in_threadpool(webhook_spec, hook, state.job_settings):
         spec["webhook"] = webhook

@@ -260,12 +260,12 @@ class JobStore:
         """Record progress of a running job; ignored (TransitionRefused) once the job left `running`.
 
         Metrics go through `TrainingMetrics`, so a value under a name no reader knows is refused here."""
-        fields: dict[str, Any] = {"progress": progress.model_dump()}
+        fields: dict[str, Any] = {"progress": progress.model_dump(mode="json")}
         if metrics:
             metrics = TrainingMetrics.model_validate(metrics).reported()
             fields["metrics"] = metrics
         self._run_update(job_id, allowed={JobStatus.running}, new=None, fields=fields, event="progress",
-                         event_data={"progress": progress.model_dump(), "metrics": metrics or {}})
+                         event_data={"progress": progress.model_dump(mode="json"), "metrics": metrics or {}})
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once; ask a running one to stop (its worker checks every step)."""

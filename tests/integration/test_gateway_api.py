@@ -111,6 +111,9 @@ def test_upload_limits(client):
     body = assert_problem(client.post("/detect", headers=ALICE,
                                       json={"images": [base64.b64encode(big).decode()]}), 413)
     assert body["detail"] == "images[0] is larger than 0.95 MiB"
+    body = assert_problem(client.post("/detect", headers=ALICE, files=[("images", ("b.png", big, "image/png"))]),
+                          413)
+    assert body["detail"] == "b.png is larger than 0.95 MiB"
 
     def chunked():  # no Content-Length: refused while reading
         yield (b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'

@@ -67,6 +67,24 @@ def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env, tin
     assert last["progress"]["total"] == 4 and {"loss", "loss_instance", "loss_prior", "it_per_s", "lr"} <= \
         set(last["metrics"])
     assert [e.data["status"] for e in events if e.event == "status"] == ["queued", "running", "succeeded"]
+    # every phase in order, each with its own step, total and ETA, in the events and in the job record
+    reports = [e.data["progress"] for e in events if e.event == "progress"]
+    order = [r["phase"] for r in reports]
+    assert [ph for i, ph in enumerate(order) if i == 0 or order[i - 1] != ph] == \
+        ["preparing", "class_images", "training", "exporting"], order
+    class_steps = [(r["phases"]["class_images"]["step"], r["phases"]["class_images"]["total"]) for r in reports
+                   if r["phase"] == "class_images"]
+    assert class_steps[0] == (0, 2) and class_steps[-1] == (2, 2), class_steps
+    during = [r for r in reports if r["phase"] == "class_images" and r["phases"]["class_images"]["step"] == 2]
+    assert during[0]["phases"]["class_images"]["eta_s"] == 0 and during[0]["phases"]["class_images"]["it_per_s"] > 0
+    assert during[0]["step"] == 0 and during[0]["total"] == 4  # the top level stays the training steps
+    phases = job.progress.phases
+    assert job.progress.phase == "exporting" and set(phases) == {"preparing", "class_images", "training",
+                                                                 "exporting"}
+    assert (phases["preparing"].step, phases["preparing"].total) == (2, 2)
+    assert (phases["training"].step, phases["training"].total, phases["training"].eta_s) == (4, 4, 0)
+    assert phases["training"].it_per_s > 0
+    assert (phases["exporting"].step, phases["exporting"].total) == (1, 1) and phases["exporting"].eta_s is not None
     # what `detbooth jobs watch` draws from that real event: the iterations per second are shown
     out = io.StringIO()
     ProgressBar(out).update(4, 4, progress_metrics(last), None)
@@ -92,6 +110,31 @@ def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env, tin
     assert model["instance_prompt"] == "a photo of sks dog" and model["lora"] == {"rank": 4, "alpha": 4.0}
     assert model["base_model"] == str(tiny_sd) and model["prediction_type"] == "epsilon"
     assert len(os.listdir(settings.data_dir / "class_images")) == 1  # generated once, cached
+
+
+def test_cancel_while_class_images_are_made_stops_there(env):
+    """A cancel is honoured between batches of class images, not only once training runs."""
+    store, artifacts, settings = env
+    job = create_job(store, artifacts, {**CONFIG, "class_prompt": "a photo of a cat", "num_class_images": 60})
+
+    def cancel_when_making_class_images():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            progress = store.get(job.id).progress
+            if progress.phase == "class_images" and progress.phases["class_images"].step >= 2:
+                store.cancel(job.id)
+                return
+            time.sleep(0.05)
+
+    canceller = threading.Thread(target=cancel_when_making_class_images)
+    canceller.start()
+    tasks.finetune(job.id)
+    canceller.join()
+    job = store.get(job.id)
+    assert job.status == JobStatus.canceled and job.progress.phase == "class_images"
+    made = list((settings.data_dir / "class_images").glob("*/*.png"))
+    assert 2 <= len(made) < 60
+    assert "training" not in job.progress.phases
 
 
 def test_cancel_stops_training_and_keeps_the_last_checkpoint(env):
