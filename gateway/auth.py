@@ -20,8 +20,9 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def authenticate(request: Request, state: State) -> str:
-    """The caller's owner id. Without configured keys (loopback only) every caller is `anonymous`."""
+async def authenticate(request: Request, state: State) -> str:
+    """The caller's owner id. Without configured keys (loopback only) every caller is `anonymous`.
+    (async, though it awaits nothing: FastAPI would otherwise hop to a thread pool and back for a dict lookup)"""
     if not state.keys.configured:
         return ANONYMOUS
     key = _presented_key(request)

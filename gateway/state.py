@@ -27,7 +27,7 @@ class AppState:
     workers: WorkerRegistry
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: FastAPI runs a sync one on a thread pool
     return request.app.state.detbooth
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 
 from .batcher import DynamicBatcher, all_buckets
-from .engine_selection import guarded_engine
+from .guard_process import isolated_guarded_engine
 from .memory import trim_native_heap
 from .metrics import Metrics
 from .models import ResolvedModel, normalize_config, postprocess_config, resize_config, resolve_model
@@ -55,7 +55,7 @@ class DetectionService:
             yml = self.model.inference_yml
             resize, normalize, postprocess = resize_config(yml, s), normalize_config(yml), postprocess_config(yml, s)
             self.state = State.GUARDING
-            self.selection = await asyncio.to_thread(guarded_engine, self.model, s, resize, normalize, postprocess,
+            self.selection = await asyncio.to_thread(isolated_guarded_engine, self.model, s, resize, normalize, postprocess,
                                                      all_buckets(s.bucket_sides))
             engine = self.selection.engine
             self.batcher = DynamicBatcher(
