@@ -124,7 +124,7 @@ def run_rapidocr(detector, items, concurrency: int, requests: int, start: int = 
 class Stack:
     """Redis, the detection service (as shipped, offline) and the gateway, on loopback."""
 
-    def __init__(self, threads: int, log_dir: Path, data_dir: Path) -> None:
+    def __init__(self, threads: int, log_dir: Path, data_dir: Path, precision: str = "auto") -> None:
         from tests.integration.detection.conftest import DetectionServer
         from tests.procs import base_env, start_gateway, start_redis
 
@@ -133,7 +133,7 @@ class Stack:
         self.procs.append(self.redis)
         det_env = {f"DETBOOTH_DETECTION_{k.upper()}": str(v) for k, v in {
             "cpu_threads": threads, "allow_download": "false", "paddlex_cache_dir": log_dir / "no-paddlex",
-            "data_dir": data_dir, "max_queue_images": 1024, **PARAMS}.items()}
+            "data_dir": data_dir, "max_queue_images": 1024, "precision": precision, **PARAMS}.items()}
         self.detection = DetectionServer(det_env, log_dir / "detection.log")
         self.readiness = self.detection.wait_ready(timeout=1800)  # a first start quantizes (minutes)
         env = base_env(redis_url, data_dir / "gateway", DETBOOTH_API_KEYS=KEY, DETBOOTH_DETECTION_URL=self.detection.url,
@@ -288,7 +288,7 @@ def _engines(stack: Stack, args):
             engine.close()
             continue
         yield kind, "fp32", engine
-    if engine_selection is None:
+    if engine_selection is None or args.precision == "fp32":
         return
     yml = model.inference_yml
     for candidate in engine_selection.cpu_candidates(model, settings, resize_config(yml, settings),
@@ -337,23 +337,27 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200, help="direct/gateway pairs for the overhead")
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "detbooth-bench",
                         help="the service's data dir: quantized models cached here are reused by the next run")
+    parser.add_argument("--precision", default="auto", help="the service's DETBOOTH_DETECTION_PRECISION")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: throughput,network,overhead")
     parser.add_argument("--smoke", action="store_true", help="one tiny image, few requests: checks the script")
     args = parser.parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # RapidOCR configures the root logger at INFO
     if args.smoke:
-        args.concurrency, args.requests, args.rounds, args.pairs = 2, 2, 1, 3
+        args.concurrency, args.requests, args.rounds, args.pairs, args.precision = 2, 2, 1, 3, "fp32"
     skip = set(filter(None, args.skip.split(",")))
     images = validation_images(args.images, args.smoke)
     items = [(f"{name}.png", png(image)) for name, image, _ in images]
     print(f"DetBooth detection bench: {args.threads} threads, {os.cpu_count()} cores "
           f"(a shared machine: figures move between runs, the ratios less)", flush=True)
     with tempfile.TemporaryDirectory(prefix="detect-bench-") as tmp:
-        stack = Stack(args.threads, Path(tmp), args.data_dir)
+        stack = Stack(args.threads, Path(tmp), args.data_dir, args.precision)
         try:
             model = stack.readiness["model"]
-            print(f"served model: {model['name']} ({model['path']}); readiness precision: "
-                  f"{stack.readiness.get('precision', 'not reported')}")
+            guard = stack.readiness.get("precision") or {}
+            print(f"served model: {model['name']} ({model['path']})\nprecision guard: {guard.get('reason', '-')}")
+            for t in guard.get("tried", []):
+                print(f"  {t['engine']:<28}{t['precision']:>6}  hmean {t.get('hmean')}  match {t.get('match_rate')}  "
+                      f"{t.get('images_per_s')} images/s  {'accepted' if t['accepted'] else 'rejected'}")
             if "throughput" not in skip:
                 detector = rapidocr_detector(Path(model["path"]), args.threads)
                 throughput(stack, detector, items, images, args)

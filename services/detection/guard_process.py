@@ -38,7 +38,9 @@ class Choice:
 
 
 def _guard_child(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
-                 normalize: NormalizeConfig, postprocess: PostprocessConfig, buckets: Sequence[Shape]) -> Choice:
+                 normalize: NormalizeConfig, postprocess: PostprocessConfig, buckets: Sequence[Shape],
+                 log_level: int) -> Choice:
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s [guard]: %(message)s")
     selection = guarded_engine(model, settings, resize, normalize, postprocess, buckets)
     selection.engine.close()
     return Choice(selection.precision, selection.label, selection.trials, selection.reason, selection.seconds)
@@ -69,7 +71,9 @@ def isolated_guarded_engine(model: ResolvedModel, settings: DetectionSettings, r
     context = multiprocessing.get_context("spawn")
     try:
         with context.Pool(1) as pool:
-            choice = pool.apply(_guard_child, (model, settings, resize, normalize, postprocess, list(buckets)))
+            choice = pool.apply(_guard_child, (model, settings, resize, normalize, postprocess, list(buckets),
+                                               logging.getLogger().getEffectiveLevel()))
+        log.info("precision guard (in %.1f s, in a child process): %s", choice.seconds, choice.reason)
         engine = build_chosen(choice, model, settings, resize, normalize, buckets)
     except Exception as exc:  # noqa: BLE001 - never fatal: fp32, and say why
         reason = f"the guard could not run in its process ({type(exc).__name__}: {exc}); serving fp32"
