@@ -9,7 +9,6 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
 from gateway.detect_uploads import check_detect_uploads
-from gateway.detection_client import forward
 from gateway.multipart_check import scan_multipart
 from gateway.state import State
 from gateway.uploads import decode_base64_images, sniff_format
@@ -76,7 +75,7 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
             sniff_format(f)
     await check_detect_uploads([f.data for f in files], params, s.limits)  # pixels and pages, before it travels
     # the body as received: no second parse, no re-encoding; the detection service reads the same format
-    upstream = await forward(state.detection, "POST", "/v1/detect", content=body, headers={"content-type": ctype})
+    upstream = await state.forwarder.post("/v1/detect", body, ctype)
     passthrough = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after",)}
     return Response(upstream.content, status_code=upstream.status_code, headers=passthrough,
                     media_type=upstream.headers.get("content-type", "application/json"))
