@@ -33,6 +33,8 @@ class GatewaySettings(BaseSettings):
     allowed_base_models: str = Field(
         default="", description="comma-separated base models a fine-tune may name; empty: only the default")
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS; empty: CORS off")
+    storage_quota_bytes: int | None = Field(
+        default=None, ge=1, description="artifact bytes one owner may keep; a new job over it gets 413; unset: none")
 
     @property
     def keys(self) -> list[str]:
