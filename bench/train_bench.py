@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from services.dreambooth.config import FinetuneConfig
+from services.contracts.finetune import FinetuneConfig
 
 WARMUP_STEPS = 2
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from detbooth_client.client import TERMINAL, ApiError, DetBoothClient, Job
+from services.contracts.finetune import TrainingMetrics
 
 DEFAULT_CLASS_IMAGES = 50  # the worker's own default (100) makes a first fine-tune wait long
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -25,32 +26,55 @@ class CliError(Exception):
     """A failure to report as one line and exit 1."""
 
 
+class UsageError(CliError):
+    """Bad usage found before anything is sent: one line, exit 2 (as argparse's own usage errors)."""
+
+    def __init__(self, message: str, command: str | None = None):
+        super().__init__(message)
+        self.command = command
+
+
 # ---------------------------------------------------------------- progress
 
 
 class ProgressBar:
-    """A one-line bar redrawn in place on a terminal; on a pipe, one line per new step at most every 2 s."""
+    """A one-line bar redrawn in place on a terminal. On a pipe, a line per step change, at most
+    `pipe_lines_per_s` a second; an update held back by that limit is printed later, never lost."""
 
-    def __init__(self, out: TextIO, width: int = 30):
+    def __init__(self, out: TextIO, width: int = 30, pipe_lines_per_s: float = 4.0):
         self.out, self.width = out, width
         self.tty = out.isatty()
-        self._last_print = 0.0
+        self.min_gap_s = 1.0 / pipe_lines_per_s
+        self._last_print = float("-inf")
+        self._last_line = ""
+        self._pending: str | None = None
         self._drawn = False
 
-    def update(self, step: int, total: int, metrics: dict[str, float], eta_s: float | None) -> None:
+    def update(self, step: int, total: int, metrics: TrainingMetrics, eta_s: float | None) -> None:
         frac = min(1.0, step / total) if total else 0.0
         filled = int(frac * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
-        extra = "".join(f"  {k} {v:.4g}" for k, v in sorted(metrics.items()) if k in ("loss", "it_s", "lr"))
+        shown = (("loss", metrics.loss), ("it/s", metrics.it_per_s), ("lr", metrics.lr))
+        extra = "".join(f"  {name} {v:.4g}" for name, v in shown if v is not None)
         eta = f"  eta {eta_s:.0f}s" if eta_s is not None else ""
         line = f"[{bar}] {step}/{total or '?'}{extra}{eta}"
         if self.tty:
             self.out.write("\r\x1b[2K" + line)
             self._drawn = True
-        elif time.monotonic() - self._last_print >= 2.0 or (total and step >= total):
-            self.out.write(line + "\n")
+            self.out.flush()
+            return
+        if line == self._last_line:
+            return
+        self._pending = line
+        if time.monotonic() - self._last_print >= self.min_gap_s or (total and step >= total):
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if self._pending is not None:
+            self.out.write(self._pending + "\n")
+            self.out.flush()
+            self._last_line, self._pending = self._pending, None
             self._last_print = time.monotonic()
-        self.out.flush()
 
     def message(self, text: str) -> None:
         self.close()
@@ -58,9 +82,15 @@ class ProgressBar:
         self.out.flush()
 
     def close(self) -> None:
+        self._flush_pending()
         if self._drawn:
             self.out.write("\n")
             self._drawn = False
+
+
+def progress_metrics(data: dict[str, Any]) -> TrainingMetrics:
+    """The typed metrics of a `progress` event (generation progress carries none)."""
+    return TrainingMetrics.model_validate(data.get("metrics") or {})
 
 
 def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> Job:
@@ -69,7 +99,7 @@ def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> Job:
         if event.event == "progress" and bar is not None:
             p = event.data.get("progress", {})
             bar.update(
-                int(p.get("step", 0)), int(p.get("total", 0)), event.data.get("metrics") or {}, p.get("eta_s")
+                int(p.get("step", 0)), int(p.get("total", 0)), progress_metrics(event.data), p.get("eta_s")
             )
         elif event.event == "status" and bar is not None:
             bar.message(f"status: {event.data.get('status')}")
@@ -100,7 +130,9 @@ def cmd_detect(client: DetBoothClient, args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     for p in paths:
         if not p.is_file():
-            raise CliError(f"no such file: {p}")
+            raise UsageError(f"no such file: {p}", "detect")
+    if args.draw:
+        draw_target(len(paths), Path(args.draw))  # a bad target is refused before the request
     params = {
         "thresh": args.thresh,
         "box_thresh": args.box_thresh,
@@ -135,23 +167,35 @@ def result_name(paths: Sequence[Path], res: dict) -> str:
 
 
 def _page_image(paths: Sequence[Path], res: dict):
-    """The image a result's boxes belong on: the file itself, or the page's preview from the gateway."""
-    from PIL import Image
+    """The image a result's boxes belong on: the page's preview from the gateway, or the file itself with its
+    EXIF orientation applied, as the API does, so the boxes land on the text."""
+    from PIL import Image, ImageOps
 
     if res.get("preview"):
         data = base64.b64decode(res["preview"].split(",", 1)[1])
         with Image.open(io.BytesIO(data)) as page:
             return page.convert("RGB")
     with Image.open(paths[res.get("source", 0)]) as src:
-        return src.convert("RGB")
+        return ImageOps.exif_transpose(src).convert("RGB")
+
+
+def draw_target(count: int, out: Path) -> bool:
+    """True when `out` names one image file, False for a folder; a file name for several inputs is bad usage."""
+    is_file = out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir()
+    if is_file and count > 1:
+        raise UsageError(f"--draw {out} names one image file, but {count} files were given: "
+                         "give a folder for several", "detect")
+    if not is_file and out.exists() and not out.is_dir():
+        raise UsageError(f"--draw {out} exists and is not a folder", "detect")
+    return is_file
 
 
 def draw_boxes(paths: Sequence[Path], results: Sequence[dict], out: Path) -> list[Path]:
-    """Each image (each page of a PDF or TIFF) with its boxes drawn; `out` is a file when there is one result
-    (by its suffix), else a folder."""
+    """Each image (each page of a PDF or TIFF) with its boxes drawn; `out` is a file for one input (by its
+    suffix; a document's pages get numbered files beside it: OUT.p2.png), else a folder."""
     from PIL import ImageDraw
 
-    single = len(results) == 1 and out.suffix.lower() in IMAGE_SUFFIXES
+    single = draw_target(len(paths), out)
     if not single:
         out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -167,7 +211,10 @@ def draw_boxes(paths: Sequence[Path], results: Sequence[dict], out: Path) -> lis
             draw.text((x + 2, max(0, y - 12)), f"{box['score']:.2f}", fill=(255, 40, 40))
         stem = paths[res.get("source", 0)].stem
         page = f".p{res['page']}" if res.get("page") is not None else ""
-        dest = out if single else out / f"{stem}{page}.boxes.png"
+        if single:
+            dest = out if len(results) == 1 else out.with_name(f"{out.stem}{page}{out.suffix}")
+        else:
+            dest = out / f"{stem}{page}.boxes.png"
         img.save(dest)
         written.append(dest)
     return written
@@ -175,17 +222,24 @@ def draw_boxes(paths: Sequence[Path], results: Sequence[dict], out: Path) -> lis
 
 def cmd_finetune(client: DetBoothClient, args: argparse.Namespace) -> int:
     if args.prior_preservation is False and (args.class_images is not None or args.class_steps is not None):
-        raise CliError(
-            "--class-images and --class-steps need prior preservation (drop --no-prior-preservation)"
+        raise UsageError(
+            "--class-images and --class-steps need prior preservation (drop --no-prior-preservation)",
+            "finetune",
         )
     folder = Path(args.images)
     if not folder.is_dir():
-        raise CliError(f"--images must be a folder of 3–20 images: {folder} is not a folder")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        raise UsageError(f"--images must be a folder of 3–20 images: {folder} is not a folder", "finetune")
+    images, skipped = images_in(folder)
+    if skipped:
+        names = ", ".join(p.name for p in skipped)
+        print(f"detbooth: skipping {len(skipped)} file{'s' if len(skipped) > 1 else ''} of {folder} that "
+              f"{'are' if len(skipped) > 1 else 'is'} not an image ({', '.join(sorted(IMAGE_SUFFIXES))}): "
+              f"{names}", file=sys.stderr)
     if not images:
-        raise CliError(f"no images (png, jpg, webp, ...) in {folder}")
-    config: dict[str, Any] = {"instance_prompt": args.instance_prompt, "class_prompt": args.class_prompt}
+        raise UsageError(f"no images (png, jpg, webp, ...) in {folder}", "finetune")
+    config: dict[str, Any] = {"instance_prompt": args.instance_prompt}
     optional = {
+        "class_prompt": args.class_prompt,
         "method": args.method,
         "max_train_steps": args.steps,
         "resolution": args.resolution,
@@ -202,7 +256,7 @@ def cmd_finetune(client: DetBoothClient, args: argparse.Namespace) -> int:
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise CliError(f"--set takes KEY=VALUE, got {item!r}")
+            raise UsageError(f"--set takes KEY=VALUE, got {item!r}", "finetune")
         try:
             config[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -216,6 +270,13 @@ def cmd_finetune(client: DetBoothClient, args: argparse.Namespace) -> int:
     print(json.dumps(job.get("result"), indent=2))
     print(f"model id: {job['id']}  (use: detbooth generate PROMPT --model {job['id']})", file=sys.stderr)
     return 0
+
+
+def images_in(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(images, other files) of a folder, by name; hidden files and sub-folders are left out of both."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return ([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES],
+            [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES])
 
 
 def cmd_generate(client: DetBoothClient, args: argparse.Namespace) -> int:
@@ -262,7 +323,7 @@ def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
                 print(f"(more: --limit {args.limit * 2})", file=sys.stderr)
         return 0
     if not args.id:
-        raise CliError(f"jobs {args.action} needs a job id")
+        raise UsageError(f"jobs {args.action} needs a job id", "jobs")
     if args.action == "delete":
         client.delete_job(args.id)
         print(f"deleted job {args.id}")
@@ -271,18 +332,31 @@ def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
         job = ensure_succeeded(follow(client, args.id, ProgressBar(sys.stderr)))
         print(json.dumps(job.get("result"), indent=2))
         return 0
-    job = client.cancel(args.id) if args.action == "cancel" else client.job(args.id)
-    if args.action == "cancel" and not args.json:
-        print(_job_line(job))
-    else:
-        print(json.dumps(job, indent=2))
+    if args.action == "cancel":
+        return cancel(client, args.id, as_json=args.json, wait=args.wait)
+    print(json.dumps(client.job(args.id), indent=2))
+    return 0
+
+
+def cancel(client: DetBoothClient, job_id: str, *, as_json: bool, wait: bool) -> int:
+    """A queued job is canceled at once; a running one is asked to stop at its next step: say so, then wait
+    for (and print) how it ended."""
+    job = client.cancel(job_id)
+    if job["status"] not in TERMINAL:
+        progress = _job_line(job).split("\t")[4:5]
+        at = f" at {progress[0]}" if progress and progress[0] else ""
+        print(f"job {job_id}: cancel requested ({job['status']}{at}); "
+              + ("waiting for it to stop" if wait else "it stops at its next step"), file=sys.stderr)
+        if wait:
+            job = client.wait(job_id)
+    print(json.dumps(job, indent=2) if as_json else _job_line(job))
     return 0
 
 
 def cmd_models(client: DetBoothClient, args: argparse.Namespace) -> int:
     if args.action == "delete":
         if not args.id:
-            raise CliError("models delete needs a model id")
+            raise UsageError("models delete needs a model id", "models")
         client.delete_model(args.id)
         print(f"deleted model {args.id}")
         return 0
@@ -319,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--draw",
         metavar="OUT",
-        help="save each image with its boxes drawn: a folder, or a .png/.jpg file for one image",
+        help="save each image with its boxes drawn: a .png/.jpg file for one image, else a folder "
+        "(IMG.boxes.png in it)",
     )
     d.add_argument("--json", action="store_true", help="print the gateway's JSON answer")
     d.add_argument("--thresh", type=float, help="binarisation threshold of the probability map")
@@ -336,7 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--instance-prompt", required=True, help='with a rare identifier, e.g. "a photo of sks dog"'
     )
-    f.add_argument("--class-prompt", required=True, help='e.g. "a photo of a dog"')
+    f.add_argument(
+        "--class-prompt",
+        help='what the subject is, e.g. "a photo of a dog": needed for prior preservation (the default)',
+    )
     f.add_argument("--method", choices=["lora", "full"])
     f.add_argument("--steps", type=int, help="training steps (max_train_steps)")
     f.add_argument("--resolution", type=int)
@@ -384,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--type", choices=["finetune", "generate"])
     j.add_argument("--limit", type=int, default=20)
     j.add_argument("--json", action="store_true")
+    j.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="cancel: return once the cancel is requested instead of waiting for a running job to stop",
+    )
     j.set_defaults(func=cmd_jobs)
 
     m = sub.add_parser("models", help="list the base model and your fine-tunes, or delete a fine-tune")
@@ -400,13 +484,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with DetBoothClient(args.url, args.api_key, timeout=args.timeout) as client:
-            return args.func(client, args)
+            code = args.func(client, args)
+        sys.stdout.flush()  # here, so a closed pipe is met inside the try
+        return code
+    except BrokenPipeError:
+        return closed_pipe()
+    except UsageError as e:
+        prog = f"detbooth {e.command}" if e.command else "detbooth"
+        print(f"{prog}: error: {' '.join(str(e).split())} (see {prog} --help)", file=sys.stderr)
+        return 2
     except (ApiError, CliError, OSError) as e:
         print("detbooth: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("detbooth: interrupted", file=sys.stderr)
         return 130
+
+
+def closed_pipe() -> int:
+    """The reader of stdout went away (`detbooth jobs list | head`): stop quietly, as `cat` would. stdout
+    now points at /dev/null, so the interpreter's own flush at exit has nowhere to fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,43 +6,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import httpx
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
 
-class Box(TypedDict):
-    points: list[list[float]]
-    score: float
-
-
-class DetectResult(TypedDict):
-    width: int
-    height: int
-    boxes: list[Box]
-
-
-class DetectResponse(TypedDict):
-    model: str
-    results: list[DetectResult]
-
-
-class Job(TypedDict, total=False):
-    id: str
-    type: str
-    status: str
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    progress: dict[str, Any]
-    metrics: dict[str, float]
-    result: dict[str, Any] | None
-    error: dict[str, str] | None
-    attempts: int
-    cancel_requested: bool
-    spec: dict[str, Any]
+# The API's JSON as plain dicts; their shapes are the contracts' models (services/contracts), not redefined here.
+DetectResponse = dict[str, Any]  # services.contracts.detect.DetectResponse
+Job = dict[str, Any]  # services.contracts.jobs.JobView
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.errors import Problem
 from gateway.keys import ANONYMOUS, KeyRing, hash_key, owner_of  # noqa: F401 - re-exported for callers
 from gateway.state import State
+from services.contracts.problems import Problem
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import httpx
 
-from gateway.errors import Problem
+from services.contracts.problems import Problem
 
 log = logging.getLogger(__name__)
 

@@ -1,97 +1,11 @@
-"""Typed request and response bodies of the public API."""
+"""Response bodies only the gateway speaks (the model catalogue), and the owner's view of a job."""
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from services.jobs.schema import Job, JobError, JobStatus, JobType, Progress
-from services.jobs.webhooks import WebhookRequest
-
-
-class LimitType(StrEnum):
-    min = "min"
-    max = "max"
-    resize_long = "resize_long"
-
-
-class BoxType(StrEnum):
-    quad = "quad"
-    poly = "poly"
-
-
-class DetectParams(BaseModel):
-    """Per-request overrides of the detector's settings (PaddleOCR's names and meanings)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    thresh: float | None = Field(default=None, ge=0, le=1, description="binarisation threshold of the map")
-    box_thresh: float | None = Field(default=None, ge=0, le=1, description="minimum mean score of a box")
-    unclip_ratio: float | None = Field(default=None, gt=0, le=10, description="how far boxes are grown")
-    limit_side_len: int | None = Field(default=None, ge=32, le=4096, description="resize target side")
-    limit_type: LimitType | None = None
-    box_type: BoxType | None = None
-    pages: str | None = Field(default=None, max_length=200, description="pages of each PDF/TIFF, e.g. 1-3,5")
-    dpi: int | None = Field(default=None, ge=18, le=1200, description="PDF render resolution (default 144)")
-    previews: bool | None = Field(default=None, description="return PDF/TIFF pages as JPEG data URLs")
-
-
-class DetectJSON(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    images: list[str] = Field(min_length=1, description="base64 images (a data: URL prefix is allowed)")
-    params: DetectParams = Field(default_factory=DetectParams)
-
-
-class DetectBox(BaseModel):
-    points: list[list[float]]
-    score: float
-
-
-class DetectResult(BaseModel):
-    source: int = 0
-    page: int | None = None
-    preview: str | None = None
-    width: int
-    height: int
-    boxes: list[DetectBox]
-    timing_ms: dict[str, float] | None = None
-
-
-class DetectResponse(BaseModel):
-    model: str
-    results: list[DetectResult]
-
-
-class FinetuneJSON(WebhookRequest):
-    model_config = ConfigDict(extra="forbid")
-
-    images: list[str] = Field(description="3–20 base64 images of the subject")
-    config: dict[str, Any] = Field(description="fine-tune config: instance_prompt, class_prompt, hyper-parameters")
-
-
-class JobView(BaseModel):
-    """A job as its owner sees it."""
-
-    id: str
-    type: JobType
-    status: JobStatus
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    progress: Progress
-    metrics: dict[str, float]
-    result: dict[str, Any] | None = None
-    error: JobError | None = None
-    attempts: int
-    cancel_requested: bool
-    spec: dict[str, Any]
-
-
-class JobList(BaseModel):
-    jobs: list[JobView]
-    next_cursor: str | None = None
+from services.contracts.jobs import Job, JobView
 
 
 class ModelView(BaseModel):

@@ -33,6 +33,11 @@ class GatewaySettings(BaseSettings):
     allowed_base_models: str = Field(
         default="", description="comma-separated base models a fine-tune may name; empty: only the default")
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS; empty: CORS off")
+    # per-owner limits on fine-tuning (a GPU-hours budget, not a validity rule: the config allows more)
+    max_active_finetunes: int = Field(default=2, ge=1, description="fine-tunes one key may have queued or running")
+    max_train_steps: int = Field(default=5000, ge=1, description="largest config.max_train_steps accepted")
+    max_class_images: int = Field(default=400, ge=1, description="largest config.num_class_images accepted")
+    max_resolution: int = Field(default=1024, ge=64, description="largest config.resolution accepted")
     storage_quota_bytes: int | None = Field(
         default=None, ge=1, description="artifact bytes one owner may keep; a new job over it gets 413; unset: none")
 

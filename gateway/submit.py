@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import Problem
 from gateway.state import AppState
-from services.jobs.schema import Job, JobType
+from services.contracts.jobs import Job, JobType
+from services.contracts.problems import Problem
 from services.jobs.store import IdempotencyConflict, new_job_id
 from services.jobs.tasks import QUEUE_FOR_TYPE, TASK_FOR_TYPE
 

@@ -15,14 +15,52 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import Problem, problem_response
+from services.contracts.http import problem_response
+from services.contracts.problems import Problem
+
 
 UPLOAD_PATHS = ("/detect", "/v1/detect", "/finetune", "/generate")
+
+# What every upload route takes, by Pillow's format name (the detection service reads the same ones)
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "JPEG2000")
+ACCEPTED = "PNG, JPEG, WebP, BMP, TIFF, GIF, PPM or JPEG 2000"
+
+
+def mib(n: int) -> str:
+    """A byte count as people read limits: `20 MiB`, `0.95 MiB`."""
+    value = n / 2**20
+    return f"{value:.0f} MiB" if value.is_integer() else f"{value:.2f} MiB"
+
+
+class NotAnImage(Problem):
+    """The same answer on every route for a file that is not an image in an accepted format."""
+
+    def __init__(self, name: str, found: str | None = None):
+        what = f"in {found} format, which is not accepted" if found else "not an image"
+        super().__init__(415, "Unsupported media type",
+                         f"{name} is {what}; send images in one of these formats: {ACCEPTED}",
+                         type_="not-an-image")
+
+
+def sniff_format(upload: "Upload") -> str:
+    """The Pillow format of an upload from its header alone, or NotAnImage (415)."""
+    if not upload.data:
+        raise Problem(422, "Empty file", f"{upload.filename} is empty", type_="empty-file")
+    try:
+        with Image.open(io.BytesIO(upload.data)) as img:
+            fmt = img.format
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise NotAnImage(upload.filename) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return "image"  # an image: its size is refused where it is decoded
+    if fmt not in IMAGE_FORMATS:
+        raise NotAnImage(upload.filename, found=fmt)
+    return fmt
 
 
 class BodyTooLarge(Problem):
     def __init__(self, limit: int):
-        super().__init__(413, "Content too large", f"the request body is larger than {limit} bytes",
+        super().__init__(413, "Content too large", f"the request body is larger than {mib(limit)}",
                          type_="content-too-large")
 
 
@@ -49,8 +87,8 @@ class BodySizeLimit:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             response = problem_response(413, "Content too large",
-                                        f"the request body is larger than {self.max_bytes} bytes",
-                                        type_="https://detbooth.dev/problems/content-too-large",
+                                        f"the request body is larger than {mib(self.max_bytes)}",
+                                        type_="content-too-large",
                                         instance=scope.get("path"))
             await response(scope, receive, send)
             return
@@ -99,7 +137,7 @@ async def read_multipart(request: Request, *, max_files: int, max_file_bytes: in
             data = await value.read(max_file_bytes + 1)
             if len(data) > max_file_bytes:
                 raise Problem(413, "File too large",
-                              f"{value.filename or 'a file'} is larger than {max_file_bytes} bytes",
+                              f"{value.filename or 'a file'} is larger than {mib(max_file_bytes)}",
                               type_="file-too-large")
             files.append(Upload(value.filename or f"image{len(files)}", value.content_type or "", data))
         else:
@@ -119,17 +157,16 @@ def decode_base64_images(items: list[str], *, max_files: int, max_file_bytes: in
         except (binascii.Error, ValueError) as e:
             raise Problem(422, "Invalid base64", f"images[{i}] is not valid base64", type_="validation-error") from e
         if len(data) > max_file_bytes:
-            raise Problem(413, "File too large", f"images[{i}] is larger than {max_file_bytes} bytes",
+            raise Problem(413, "File too large", f"images[{i}] is larger than {mib(max_file_bytes)}",
                           type_="file-too-large")
-        out.append(Upload(f"image{i}", "", data))
+        out.append(Upload(f"images[{i}]", "", data))
     return out
 
 
 def check_image(upload: Upload, *, max_pixels: int, min_side: int = 1) -> tuple[str, int, int]:
     """(format, width, height) of a decodable image; the pixel cap is checked from the header first."""
     name = upload.filename
-    if not upload.data:
-        raise Problem(422, "Empty file", f"{name} is empty", type_="not-an-image")
+    sniff_format(upload)
     try:
         with Image.open(io.BytesIO(upload.data)) as img:
             width, height = img.size
@@ -143,9 +180,12 @@ def check_image(upload: Upload, *, max_pixels: int, min_side: int = 1) -> tuple[
             fmt = img.format or "unknown"
     except Problem:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
-        raise Problem(422, "Not a decodable image", f"{name}: {e}", type_="not-an-image") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise Problem(413, "Image too large", f"{name} has more pixels than the limit of {max_pixels}",
+                      type_="image-too-large") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise Problem(422, "Corrupt or truncated image", f"{name} could not be decoded: it is corrupt or "
+                      f"truncated ({type(e).__name__})", type_="corrupt-image") from e
     if min(width, height) < min_side:
         raise Problem(422, "Image too small", f"{name} is {width}x{height}; each side must be ≥ {min_side} px",
                       type_="image-too-small")

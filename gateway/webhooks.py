@@ -4,9 +4,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.errors import Problem, validation_problem
+from services.contracts.problems import Problem, validation_problem
+from services.contracts.webhooks import WebhookRequest
 from services.jobs.settings import JobSettings
-from services.jobs.webhooks import WebhookRefused, WebhookRequest, resolve_target
+from services.jobs.webhooks import WebhookRefused, resolve_target
 
 
 def webhook_spec(raw: dict[str, Any], settings: JobSettings) -> dict[str, Any] | None:

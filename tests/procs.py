@@ -11,9 +11,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,6 +144,8 @@ def base_env(redis_url: str, data_dir, **extra: str) -> dict[str, str]:
         "DETBOOTH_DATA_DIR": str(data_dir),
         "DETBOOTH_API_KEYS": "key-alice,key-bob",
         "DETBOOTH_DETECTION_URL": "http://127.0.0.1:9",  # nothing listens there unless a test sets it
+        # fine-tunes left queued by one test must not count against the next; the limit has its own tests
+        "DETBOOTH_MAX_ACTIVE_FINETUNES": "1000",
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
     })
@@ -178,3 +182,82 @@ def inprocess_gateway(env: dict[str, str], **client_kw):
         app = create_app(GatewaySettings(), JobSettings())
     with TestClient(app, raise_server_exceptions=False, **client_kw) as client:
         yield client
+
+
+@dataclass
+class Stack:
+    """A gateway (and whatever else was started for it) on loopback."""
+
+    url: str
+    env: dict[str, str]
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def gateway(self) -> Proc:
+        return next(p for p in self.procs if p.name == "gateway")
+
+    @property
+    def worker(self) -> Proc:
+        return next(p for p in self.procs if p.name == "worker")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+
+
+def start_detection(log_dir: Path):
+    """The detection service offline (the PyPI-shipped fallback model), small buckets, two threads."""
+    from tests.integration.detection.conftest import DetectionServer, service_env
+
+    folder = log_dir / f"detection-{time.time_ns()}"
+    folder.mkdir()
+    server = DetectionServer(service_env(folder), folder / "service.log")
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_stack(env: dict[str, str], log_dir: Path, *, worker: bool = True) -> Stack:
+    """A gateway subprocess (real uvicorn) and, unless told otherwise, a Celery worker for both queues."""
+    stack = Stack(url="", env=env)
+    try:
+        gw, stack.url = start_gateway(env, log_dir)
+        stack.procs.append(gw)
+        if worker:
+            stack.procs.append(start_worker(env, log_dir))
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+# Processes shared by the whole session (imported into tests/conftest.py, so there is one of each): starting a
+# detection service, a gateway or a worker costs seconds to a minute on 2 cores.
+
+@pytest.fixture(scope="session")
+def detection_service(logs_dir):
+    """One detection service for every test that only needs one to answer (not to stop or hang it)."""
+    server = start_detection(logs_dir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_stack(redis_server, logs_dir, tmp_path_factory, detection_service) -> Iterator[Stack]:
+    """Detection service, gateway and worker as `make run` has them, for the CLI and the web console."""
+    env = base_env(redis_server, tmp_path_factory.mktemp("stack-data"), DETBOOTH_RATE_LIMIT_PER_MINUTE="10000",
+                   DETBOOTH_DETECTION_URL=detection_service.url)
+    stack = start_stack(env, logs_dir)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_worker_stack(redis_server, logs_dir, tmp_path_factory) -> Iterator[Stack]:
+    """A gateway and a Celery worker (both queues) shared by the integration and e2e job tests."""
+    stack = start_stack(base_env(redis_server, tmp_path_factory.mktemp("worker-data")), logs_dir)
+    yield stack
+    stack.stop()

@@ -4,8 +4,8 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from gateway.auth import Caller
-from gateway.errors import Problem
 from gateway.state import AppState, State
+from services.contracts.problems import Problem
 from services.jobs.artifacts import BadArtifactKey, check_key
 from services.jobs.store import JobNotFound
 

@@ -6,12 +6,13 @@ from pydantic import ValidationError
 
 from gateway.auth import Caller
 from gateway.detection_client import forward
-from gateway.errors import Problem, validation_problem
-from gateway.schemas import DetectJSON, DetectParams, DetectResponse
 from gateway.state import State
-from gateway.uploads import decode_base64_images, read_multipart
+from gateway.uploads import decode_base64_images, read_multipart, sniff_format
+from services.contracts.detect import DetectJSONRequest, DetectParams, DetectResponse
+from services.contracts.problems import Problem, validation_problem
 
 router = APIRouter(tags=["detection"])
+PDF_MAGIC = b"%PDF-"
 
 _OPENAPI_BODY = {
     "requestBody": {
@@ -24,7 +25,7 @@ _OPENAPI_BODY = {
                     **{k: v for k, v in DetectParams.model_json_schema()["properties"].items()},
                 },
             }},
-            "application/json": {"schema": DetectJSON.model_json_schema(ref_template="#/components/schemas/{model}")},
+            "application/json": {"schema": DetectJSONRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
         },
     }
 }
@@ -45,7 +46,7 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
             raise validation_problem(e) from e
     elif ctype.startswith("application/json"):
         try:
-            body = DetectJSON.model_validate_json(await request.body())
+            body = DetectJSONRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise validation_problem(e) from e
         files = decode_base64_images(body.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
@@ -55,6 +56,9 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
                       "or application/json with base64 `images`", type_="unsupported-media-type")
     if not files:
         raise Problem(422, "No images", "send at least one image in the `images` field", type_="validation-error")
+    for f in files:  # the same 415 as every other route, before the upload travels on
+        if not f.data.startswith(PDF_MAGIC):  # PDFs are the detection service's to read or refuse
+            sniff_format(f)
     data = {k: str(v.value if hasattr(v, "value") else v) for k, v in params.model_dump(exclude_none=True).items()}
     upstream = await forward(
         state.detection, "POST", "/v1/detect", data=data,

@@ -8,15 +8,21 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
-from gateway.errors import Problem, validation_problem
-from gateway.schemas import FinetuneJSON, JobView, job_view
+from gateway.limits import FinetuneSlot, check_caps
+from gateway.schemas import job_view
 from gateway.state import State
 from gateway.submit import check_idempotency_key, fingerprint, submit
-from gateway.webhooks import webhook_spec
 from gateway.uploads import Upload, check_image, decode_base64_images, parse_json_field, read_multipart
-from services.dreambooth.config import MAX_INSTANCE_IMAGES, MIN_INSTANCE_IMAGES, FinetuneConfig
-from services.jobs.schema import JobType
-from services.jobs.webhooks import WebhookRequest
+from gateway.webhooks import webhook_spec
+from services.contracts.finetune import (
+    MAX_INSTANCE_IMAGES,
+    MIN_INSTANCE_IMAGES,
+    FinetuneConfig,
+    FinetuneJSONRequest,
+)
+from services.contracts.jobs import JobType, JobView
+from services.contracts.problems import Problem, validation_problem
+from services.contracts.webhooks import WebhookRequest
 
 WEBHOOK_FIELDS = WebhookRequest.model_json_schema()["properties"]
 
@@ -38,7 +44,7 @@ _OPENAPI_BODY = {
                                        "progress, completed (default: all)"},
                 },
             }},
-            "application/json": {"schema": FinetuneJSON.model_json_schema(ref_template="#/components/schemas/{model}")},
+            "application/json": {"schema": FinetuneJSONRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
         },
     }
 }
@@ -56,7 +62,7 @@ async def _read_request(request: Request, max_file_bytes: int) -> tuple[list[Upl
         return files, parse_json_field(fields["config"], "config"), hook
     if ctype.startswith("application/json"):
         try:
-            body = FinetuneJSON.model_validate_json(await request.body())
+            body = FinetuneJSONRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise validation_problem(e) from e
         files = decode_base64_images(body.images, max_files=MAX_IMAGES, max_file_bytes=max_file_bytes)
@@ -86,6 +92,7 @@ async def finetune(request: Request, state: State, owner: Caller,
     except ValidationError as e:
         raise validation_problem(e, prefix=("config",)) from e
     check_base_model(config.base_model, s.allowed_base_models)
+    check_caps(config, s)
     if config.devices > 1:
         raise Problem(422, "Invalid request", "config.devices: a fine-tune job trains on one GPU; "
                       "multi-GPU training runs with `python -m services.dreambooth.train`", type_="validation-error")
@@ -98,15 +105,24 @@ async def finetune(request: Request, state: State, owner: Caller,
     if webhook := await run_in_threadpool(webhook_spec, hook, state.job_settings):
         spec["webhook"] = webhook
 
+    slot = FinetuneSlot(state, owner, idem)
+
     def write_inputs(job_id: str) -> dict:
+        slot.take(job_id)
         keys = []
         for i, (f, fmt) in enumerate(zip(files, formats)):
             ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}.get(fmt, fmt.lower())
             keys.append(state.artifacts.write_bytes(f"jobs/{job_id}/inputs/{i:03d}.{ext}", f.data))
         return {"inputs": keys}
 
-    job, created = await run_in_threadpool(submit, state, owner, JobType.finetune, spec, idempotency_key=idem,
-                                    fp=fingerprint(spec, [f.data for f in files]), write_inputs=write_inputs)
+    try:
+        job, created = await run_in_threadpool(submit, state, owner, JobType.finetune, spec, idempotency_key=idem,
+                                        fp=fingerprint(spec, [f.data for f in files]), write_inputs=write_inputs)
+    except BaseException:
+        await run_in_threadpool(slot.give_back)  # nothing was queued
+        raise
+    if not created:  # an Idempotency-Key replay of an earlier job
+        await run_in_threadpool(slot.give_back)
     view = job_view(job, str(request.base_url))
     return JSONResponse(view.model_dump(mode="json"), status_code=202,
                         headers={"Location": f"/jobs/{job.id}", **({} if created else {"Idempotent-Replayed": "true"})})

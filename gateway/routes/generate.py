@@ -6,14 +6,14 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
 from gateway.auth import Caller
-from gateway.errors import Problem
-from gateway.schemas import JobView, job_view
+from gateway.schemas import job_view
 from gateway.state import State
 from gateway.submit import check_idempotency_key, fingerprint, prefer_wait, submit, wait_until_finished
-from services.dreambooth.gen_params import GenerateParams
 from gateway.webhooks import webhook_spec
-from services.jobs.schema import JobType
-from services.jobs.webhooks import WebhookRequest
+from services.contracts.generate import GenerateParams
+from services.contracts.jobs import JobType, JobView
+from services.contracts.problems import Problem
+from services.contracts.webhooks import WebhookRequest
 from services.jobs.store import JobNotFound
 
 router = APIRouter(tags=["generate"])

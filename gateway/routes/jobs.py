@@ -8,10 +8,10 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from gateway.auth import Caller
-from gateway.errors import Problem
-from gateway.schemas import JobList, JobView, job_view
+from gateway.schemas import job_view
 from gateway.state import AppState, State
-from services.jobs.schema import Job, JobStatus, JobType
+from services.contracts.jobs import Job, JobList, JobStatus, JobType, JobView
+from services.contracts.problems import Problem
 from services.jobs.store import JobNotFound, TransitionRefused
 
 router = APIRouter(tags=["jobs"])
@@ -29,9 +29,11 @@ def owned_job(state: AppState, job_id: str, owner: str) -> Job:
 @router.get("/jobs", response_model=JobList)
 def list_jobs(request: Request, state: State, owner: Caller,
               limit: Annotated[int, Query(ge=1, le=100)] = 20,
-              cursor: Annotated[str | None, Query(pattern=r"^\d{1,20}$")] = None,
+              cursor: Annotated[str | None, Query(pattern=r"^\d{0,20}$",
+                                                  description="`next_cursor` of the previous page; "
+                                                              "empty or absent: the first page")] = None,
               type: JobType | None = None) -> JobList:
-    jobs, next_cursor = state.store.list_jobs(owner, limit=limit, cursor=cursor, job_type=type)
+    jobs, next_cursor = state.store.list_jobs(owner, limit=limit, cursor=cursor or None, job_type=type)
     return JobList(jobs=[job_view(j, str(request.base_url)) for j in jobs], next_cursor=next_cursor)
 
 

@@ -390,7 +390,8 @@ async function watchFinetune(job) {
         if (typeof m.loss === "number") { ft.losses.push([p.step, m.loss]); drawChart(); }
         const eta = p.eta_s != null ? ` · eta ${Math.round(p.eta_s)} s` : "";
         const loss = typeof m.loss === "number" ? ` · loss ${m.loss.toFixed(4)}` : "";
-        $("ft-progress-text").textContent = `step ${p.step} / ${p.total}${loss}${eta}`;
+        const speed = typeof m.it_per_s === "number" ? ` · ${m.it_per_s.toFixed(2)} it/s` : "";
+        $("ft-progress-text").textContent = `step ${p.step} / ${p.total}${loss}${speed}${eta}`;
       } else if (name === "status") {
         setFtState(data.status);
         if (!ft.losses.length && $("ft-progress").value === 0) $("ft-progress-text").textContent = data.status;

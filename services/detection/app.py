@@ -11,9 +11,11 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .errors import BodyLimit, ProblemError, install_error_handlers, status_of
+from services.contracts.detect import DetectResponse
+from services.contracts.problems import Problem, ProblemDetails
+
+from .errors import BodyLimit, install_error_handlers, status_of
 from .request_parsing import read_detect_request
-from .schemas import DetectResponse, Problem
 from .service import DetectionService
 from .settings import DetectionSettings
 
@@ -33,7 +35,7 @@ DETECT_BODY = {
         },
     }
 }
-PROBLEMS = {code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (413, 415, 422, 503, 504)}
+PROBLEMS = {code: {"model": ProblemDetails, "content": {"application/problem+json": {}}} for code in (413, 415, 422, 503, 504)}
 
 
 def get_service(request: Request) -> DetectionService:
@@ -63,8 +65,8 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
     @app.post("/v1/detect", response_model=DetectResponse, openapi_extra=DETECT_BODY, responses=PROBLEMS)
     async def detect(request: Request, service: Service) -> DetectResponse:
         if not service.ready:
-            raise ProblemError(503, "not-ready", "Service not ready", f"state: {service.state}",
-                               headers={"Retry-After": str(settings.retry_after_s)})
+            raise Problem(503, "Service not ready", f"state: {service.state}", type_="not-ready",
+                          headers={"Retry-After": str(settings.retry_after_s)})
         started = time.perf_counter()
         status = 500
         try:

@@ -19,8 +19,9 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_raw
 from PIL import Image, ImageOps, ImageSequence
 
+from services.contracts.page_spec import PageSpec
+
 from .decode import ImageDecodeError, TooManyPixels, to_bgr
-from .page_spec import PageSpec
 
 DocumentKind = Literal["pdf", "tiff"]
 POINTS_PER_INCH = 72.0

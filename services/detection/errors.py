@@ -1,35 +1,24 @@
-"""Typed errors and the one place that turns them into RFC 9457 ``application/problem+json`` responses."""
+"""The detection service's own failures (bad images, overload, deadlines) as the shared problem types.
+
+Rendering is `services.contracts.http`'s, the one renderer every service uses.
+"""
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.contracts.http import install_problem_handlers, render
+from services.contracts.problems import Problem
 
 from .batcher import DeadlineExceeded, QueueFull, ShuttingDown
 from .decode import ImageDecodeError
 from .pipeline import InvalidImage
 
-log = logging.getLogger(__name__)
 
-PROBLEM_JSON = "application/problem+json"
-
-
-class ProblemError(Exception):
-    def __init__(self, status: int, slug: str, title: str, detail: str | None = None,
-                 errors: list[dict] | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail or title)
-        self.status, self.slug, self.title, self.detail = status, slug, title, detail
-        self.errors, self.headers = errors, headers
-
-
-class BodyTooLarge(ProblemError):
+class BodyTooLarge(Problem):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, "request-too-large", "Request too large", f"the body is over {limit} bytes")
+        super().__init__(413, "Request too large", f"the body is over {limit} bytes", type_="request-too-large")
 
 
 class BodyLimit:
@@ -55,19 +44,9 @@ class BodyLimit:
         return await self.app(scope, limited_receive, send)
 
 
-def problem(status: int, slug: str, title: str, detail: str | None = None, errors: list[dict] | None = None,
-            headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"type": f"urn:detbooth:problem:{slug}", "title": title, "status": status}
-    if detail is not None:
-        body["detail"] = detail
-    if errors is not None:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
 def status_of(exc: Exception) -> int:
     """The HTTP status the handlers below answer an exception with (for metrics)."""
-    if isinstance(exc, ProblemError):
+    if isinstance(exc, Problem):
         return exc.status
     if isinstance(exc, InvalidImage):
         return exc.error.status
@@ -80,50 +59,28 @@ def status_of(exc: Exception) -> int:
     return 500
 
 
-def validation_errors(exc: ValidationError | RequestValidationError, prefix: tuple = ()) -> list[dict]:
-    raw = exc.errors(include_url=False, include_context=False) if isinstance(exc, ValidationError) else exc.errors()
-    return [{"loc": [*prefix, *e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")} for e in raw]
+def as_problem(exc: Exception, retry_after_s: int) -> Problem:
+    """The problem a detection failure is answered with."""
+    retry = {"Retry-After": str(retry_after_s)}
+    if isinstance(exc, InvalidImage):
+        err = exc.error
+        return Problem(err.status, err.title, f"images[{exc.index}]: {err}", type_=err.slug)
+    if isinstance(exc, ImageDecodeError):  # about the request as a whole (e.g. its pages)
+        return Problem(exc.status, exc.title, str(exc), type_=exc.slug)
+    if isinstance(exc, QueueFull):
+        return Problem(503, "Service overloaded", f"{exc}; retry later", type_="overloaded", headers=retry)
+    if isinstance(exc, ShuttingDown):
+        return Problem(503, "Service unavailable", str(exc), type_="unavailable", headers=retry)
+    if isinstance(exc, DeadlineExceeded):
+        return Problem(504, "Detection timed out", str(exc), type_="deadline-exceeded")
+    raise TypeError(f"not a detection failure: {type(exc).__name__}")
 
 
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
-    retry = {"Retry-After": str(retry_after_s)}
+    install_problem_handlers(app)
 
-    @app.exception_handler(ProblemError)
-    async def _problem(_: Request, exc: ProblemError):
-        return problem(exc.status, exc.slug, exc.title, exc.detail, exc.errors, exc.headers)
+    async def _detection_failure(request: Request, exc: Exception) -> JSONResponse:
+        return render(as_problem(exc, retry_after_s), request.url.path)
 
-    @app.exception_handler(InvalidImage)
-    async def _invalid_image(_: Request, exc: InvalidImage):
-        err = exc.error
-        return problem(err.status, err.slug, err.title, f"images[{exc.index}]: {err}")
-
-    @app.exception_handler(ImageDecodeError)
-    async def _request_images(_: Request, exc: ImageDecodeError):  # about the request as a whole (e.g. its pages)
-        return problem(exc.status, exc.slug, exc.title, str(exc))
-
-    @app.exception_handler(QueueFull)
-    async def _queue_full(_: Request, exc: QueueFull):
-        return problem(503, "overloaded", "Service overloaded", f"{exc}; retry later", headers=retry)
-
-    @app.exception_handler(ShuttingDown)
-    async def _shutting_down(_: Request, exc: ShuttingDown):
-        return problem(503, "unavailable", "Service unavailable", str(exc), headers=retry)
-
-    @app.exception_handler(DeadlineExceeded)
-    async def _deadline(_: Request, exc: DeadlineExceeded):
-        return problem(504, "deadline-exceeded", "Detection timed out", str(exc))
-
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(_: Request, exc: RequestValidationError):
-        return problem(422, "validation-error", "Invalid request", "the request has invalid fields",
-                       validation_errors(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
-        return problem(exc.status_code, f"http-{exc.status_code}", str(exc.detail), None,
-                       headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
-        log.exception("unhandled error")
-        return problem(500, "internal-error", "Internal error", f"{type(exc).__name__}")
+    for kind in (InvalidImage, ImageDecodeError, QueueFull, ShuttingDown, DeadlineExceeded):
+        app.add_exception_handler(kind, _detection_failure)

@@ -11,12 +11,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from services.contracts.detect import Box, DetectParams, ImageResult
+
 from .batcher import DynamicBatcher
 from .decode import ImageDecodeError, decode_image
 from .documents import OpenedDocument, TooManyPages, open_document, page_preview, sniff
 from .postprocess import DBPostProcessor, PostprocessConfig
 from .preprocess import NormalizeConfig, ResizeConfig, preprocess
-from .schemas import Box, DetectParams, ImageResult
 
 
 class InvalidImage(ValueError):

@@ -10,39 +10,41 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from .errors import ProblemError, validation_errors
-from .schemas import DetectJSONRequest, DetectParams
+from services.contracts.detect import DetectJSONRequest, DetectParams
+from services.contracts.problems import Problem, describe, field_errors
+
 from .settings import DetectionSettings
 
 
-def _too_many(count: int, limit: int) -> ProblemError:
-    return ProblemError(413, "too-many-images", "Too many images",
-                        f"{count} images in one request; the limit is {limit}")
+def _too_many(count: int, limit: int) -> Problem:
+    return Problem(413, "Too many images", f"{count} images in one request; the limit is {limit}",
+                   type_="too-many-images")
 
 
-def _invalid(errors: list[dict], detail: str = "the request has invalid fields") -> ProblemError:
-    return ProblemError(422, "validation-error", "Invalid request", detail, errors)
+def _invalid(errors: list[dict], detail: str | None = None) -> Problem:
+    return Problem(422, "Invalid request", detail or describe(errors), type_="validation-error", errors=errors)
 
 
 def _params(raw: dict, prefix: tuple) -> DetectParams:
     try:
         return DetectParams.model_validate(raw)
     except ValidationError as exc:
-        raise _invalid(validation_errors(exc, prefix)) from exc
+        raise _invalid(field_errors(exc.errors(include_url=False, include_context=False), prefix)) from exc
 
 
 async def read_detect_request(request: Request, settings: DetectionSettings) -> tuple[list[bytes], DetectParams]:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.max_request_bytes:
-        raise ProblemError(413, "request-too-large", "Request too large",
-                           f"the body is {length} bytes; the limit is {settings.max_request_bytes}")
+        raise Problem(413, "Request too large", f"the body is {length} bytes; the limit is {settings.max_request_bytes}",
+                      type_="request-too-large")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         return await _read_multipart(request, settings)
     if content_type in ("application/json", "") or content_type.endswith("+json"):
         return await _read_json(request, settings)
-    raise ProblemError(415, "unsupported-media-type", "Unsupported media type",
-                       f"send multipart/form-data with 'images' files or application/json, not {content_type}")
+    raise Problem(415, "Unsupported media type",
+                  f"send multipart/form-data with 'images' files or application/json, not {content_type}",
+                  type_="unsupported-media-type")
 
 
 async def _read_multipart(request: Request, settings: DetectionSettings) -> tuple[list[bytes], DetectParams]:
@@ -52,7 +54,7 @@ async def _read_multipart(request: Request, settings: DetectionSettings) -> tupl
     except MultiPartException as exc:
         if "files" in str(exc).lower():
             raise _too_many(limit * 4 + 8, limit) from exc
-        raise ProblemError(400, "bad-multipart", "Malformed multipart body", str(exc)) from exc
+        raise Problem(400, "Malformed multipart body", str(exc), type_="bad-multipart") from exc
     images = form.getlist("images")
     if not images:
         raise _invalid([{"loc": ["body", "images"], "msg": "at least one file is required", "type": "missing"}],
@@ -71,7 +73,7 @@ async def _read_json(request: Request, settings: DetectionSettings) -> tuple[lis
     try:
         parsed = DetectJSONRequest.model_validate_json(body or b"{}")
     except ValidationError as exc:
-        raise _invalid(validation_errors(exc, ("body",))) from exc
+        raise _invalid(field_errors(exc.errors(include_url=False, include_context=False), ("body",))) from exc
     if len(parsed.images) > settings.max_images_per_request:
         raise _too_many(len(parsed.images), settings.max_images_per_request)
     images = []

@@ -12,9 +12,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from pydantic import ValidationError
 
+from services.contracts.generate import MAX_SEED, GeneratedImage, GenerateParams, GenerateResult
+from services.contracts.jobs import Job, JobStatus, Progress
 from services.dreambooth.base_models import BaseModelError, resolve_base_model
 from services.dreambooth.gen_batching import BatchClaims, queued_generate_job_ids
-from services.dreambooth.gen_params import MAX_SEED, GenerateParams
 from services.dreambooth.model_loading import (
     folder_bytes,
     load_lora_model,
@@ -27,7 +28,6 @@ from services.dreambooth.sampling import sample
 from services.dreambooth.settings import DreamboothSettings
 from services.jobs.artifacts import ArtifactStore
 from services.jobs.lifecycle import JobCanceled, JobFailed
-from services.jobs.schema import Job, JobStatus, Progress
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobNotFound, JobStore, TransitionRefused
 
@@ -304,17 +304,11 @@ class GenerationWorker:
                 "software": "DetBooth",
             }
             key = self.artifacts.write_bytes(f"jobs/{r.job.id}/images/{i}.png", png_bytes(image, text))
-            out.append({"key": key, "seed": seed})
-        result: dict[str, Any] = {
-            "images": out,
-            "model": params.model,
-            "params": params.model_dump(mode="json"),
-            "timings": timings,
-            "batch_images": batch_images,
-        }
-        if model.random_weights:
-            result["warning"] = "the base model is the tiny random test model: images are noise"
-        return result
+            out.append(GeneratedImage(key=key, seed=seed))
+        warning = "the base model is the tiny random test model: images are noise" if model.random_weights else None
+        return GenerateResult(images=out, model=params.model, params=params.model_dump(mode="json"),
+                              timings=timings, batch_images=batch_images,
+                              warning=warning).model_dump(mode="json", exclude_none=True)
 
 
 @dataclass

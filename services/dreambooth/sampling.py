@@ -12,7 +12,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from services.dreambooth.gen_params import SchedulerName
+from services.contracts.generate import SchedulerName
 from services.dreambooth.pipeline_cache import LoadedModel
 from services.dreambooth.schedulers import make_scheduler
 

@@ -11,7 +11,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from services.dreambooth.gen_params import SchedulerName
+from services.contracts.generate import SchedulerName
 
 _CLASSES: dict[SchedulerName, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     SchedulerName.ddim: (DDIMScheduler, {}),

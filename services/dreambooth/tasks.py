@@ -2,10 +2,10 @@
 
 import logging
 
+from services.contracts.jobs import Job
 from services.jobs.celery_app import make_celery
 from services.jobs.lifecycle import run_task
 from services.jobs.monitoring import install_worker_beat, monitoring_client
-from services.jobs.schema import Job
 from services.jobs.settings import JobSettings
 from services.jobs.store import store_from_settings
 from services.jobs.tasks import FINETUNE_TASK, GENERATE_TASK

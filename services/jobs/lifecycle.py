@@ -8,8 +8,8 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
+from services.contracts.jobs import Job, JobError, JobStatus
 from services.jobs.heartbeat import JobLease, TaskHeartbeat, unacked_index_key
-from services.jobs.schema import Job, JobError, JobStatus
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobNotFound, JobStore, TransitionRefused
 

@@ -8,12 +8,13 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
-from services.jobs.schema import (
+from services.contracts.finetune import TrainingMetrics
+from services.contracts.jobs import (
     ALLOWED_TRANSITIONS,
     Job,
     JobError,
@@ -23,6 +24,7 @@ from services.jobs.schema import (
     utcnow,
 )
 from services.jobs.monitoring import JobStats
+from services.jobs.quota import InFlightJobs
 from services.jobs.settings import JobSettings
 
 # KEYS: job hash, events stream. ARGV: allowed current statuses (comma list, "" = any), new status
@@ -112,6 +114,7 @@ class JobStore:
         self._update = client.register_script(_UPDATE)
         self._create = client.register_script(_CREATE)
         self.stats = JobStats(client, prefix)
+        self.inflight = InFlightJobs(client, prefix, job_key_prefix=self._job_key(""))
 
     # keys
     def _job_key(self, job_id: str) -> str:
@@ -150,6 +153,11 @@ class JobStore:
                 "this Idempotency-Key was already used with a different request; use a new key"
             )
         return self.get(earlier_id), False
+
+    def idempotent_job_id(self, owner: str, idempotency_key: str) -> str | None:
+        """The job an Idempotency-Key already made, if it is still remembered."""
+        raw = self.r.get(self._idem_key(owner, idempotency_key))
+        return raw.decode().partition("|")[0] if raw else None
 
     def get(self, job_id: str) -> Job:
         raw = self.r.hgetall(self._job_key(job_id))
@@ -243,12 +251,18 @@ class JobStore:
         job = self.get(job_id)
         ran = (job.finished_at - job.started_at).total_seconds() if new.terminal and job.started_at else None
         self.stats.record(job.id, job.type.value, new.value, ran)
+        if new.terminal:
+            self.inflight.release(job.owner, job.type.value, job.id)
         return job
 
-    def report_progress(self, job_id: str, progress: Progress, metrics: dict[str, float] | None = None) -> None:
-        """Record progress of a running job; ignored (TransitionRefused) once the job left `running`."""
+    def report_progress(self, job_id: str, progress: Progress,
+                        metrics: TrainingMetrics | dict[str, float] | None = None) -> None:
+        """Record progress of a running job; ignored (TransitionRefused) once the job left `running`.
+
+        Metrics go through `TrainingMetrics`, so a value under a name no reader knows is refused here."""
         fields: dict[str, Any] = {"progress": progress.model_dump()}
         if metrics:
+            metrics = TrainingMetrics.model_validate(metrics).reported()
             fields["metrics"] = metrics
         self._run_update(job_id, allowed={JobStatus.running}, new=None, fields=fields, event="progress",
                          event_data={"progress": progress.model_dump(), "metrics": metrics or {}})
@@ -283,9 +297,11 @@ class JobStore:
 
     # models made by fine-tunes: kept after their job record expires
     def register_model(self, owner: str, model_id: str, info: dict[str, Any]) -> None:
+        now = utcnow()
+        info = {"created_at": now.isoformat(), **info}
         pipe = self.r.pipeline()
         pipe.hset(f"{self.prefix}:model:{model_id}", mapping={"owner": owner, "info": json.dumps(info)})
-        pipe.zadd(self._models_key(owner), {model_id: datetime.now().timestamp()})
+        pipe.zadd(self._models_key(owner), {model_id: now.timestamp()})
         pipe.execute()
 
     def get_model(self, model_id: str, owner: str) -> dict[str, Any]:
@@ -295,11 +311,13 @@ class JobStore:
         return json.loads(raw[b"info"])
 
     def list_models(self, owner: str) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in self.r.zrevrange(self._models_key(owner), 0, -1)]
+        """The owner's models, newest first; `created_at` is when the model was registered."""
+        rows = [(i.decode(), score) for i, score in self.r.zrevrange(self._models_key(owner), 0, -1, withscores=True)]
         pipe = self.r.pipeline()
-        for i in ids:
+        for i, _ in rows:
             pipe.hget(f"{self.prefix}:model:{i}", "info")
-        return [{"id": i, **json.loads(info)} for i, info in zip(ids, pipe.execute()) if info]
+        return [{"id": i, "created_at": datetime.fromtimestamp(score, UTC).isoformat(), **json.loads(info)}
+                for (i, score), info in zip(rows, pipe.execute()) if info]
 
     def ping(self) -> bool:
         return bool(self.r.ping())

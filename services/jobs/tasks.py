@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel
 
-from services.jobs.schema import JobType
+from services.contracts.jobs import JobType
 
 FINETUNE_TASK = "detbooth.finetune"
 GENERATE_TASK = "detbooth.generate"

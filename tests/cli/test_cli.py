@@ -14,7 +14,7 @@ from PIL import Image
 
 from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
-from services.jobs.schema import JobStatus, JobType, Progress
+from services.contracts.jobs import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
@@ -38,6 +38,15 @@ def one_line_error(code: int, err: str) -> str:
     assert code == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("detbooth: error: "), err
+    return lines[0]
+
+
+def usage_error(code: int, err: str, command: str) -> str:
+    """Bad usage: one line naming the command and its --help, exit 2 (as argparse's own usage errors)."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"detbooth {command}: error: "), err
+    assert lines[0].endswith(f"(see detbooth {command} --help)"), err
     return lines[0]
 
 
@@ -86,7 +95,9 @@ def test_usage_errors_exit_2(run, capsys):
     code, _, err = run(
         "finetune", "--images", "/nonexistent", "--instance-prompt", "a", "--class-prompt", "b"
     )
-    assert "not a folder" in one_line_error(code, err)
+    assert "not a folder" in usage_error(code, err, "finetune")
+    assert "needs a job id" in usage_error(*run("jobs", "show")[::2], "jobs")
+    assert "no such file: /nonexistent.png" in usage_error(*run("detect", "/nonexistent.png")[::2], "detect")
     code, _, err = run(
         "finetune",
         "--images",
@@ -99,11 +110,35 @@ def test_usage_errors_exit_2(run, capsys):
         "--class-images",
         "2",
     )
-    assert "--class-images and --class-steps need prior preservation" in one_line_error(code, err)
+    assert "--class-images and --class-steps need prior preservation" in usage_error(code, err, "finetune")
 
 
-def test_finetune_too_few_images_is_the_gateways_message(run, tmp_path):
+def test_usage_errors_exit_2_as_a_process_too(stack):
+    """What a shell script sees: status 2 and one line on stderr, nothing on stdout."""
+    r = subprocess.run([sys.executable, "-m", "detbooth_client", "--url", stack.url, "jobs", "cancel"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r
+
+
+def test_a_closed_pipe_exits_quietly(stack):
+    """`detbooth jobs list | head`: the reader goes away before the CLI writes; no error, no traceback."""
+    store = JobStore(
+        redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
+    )
+    for _ in range(3):  # never queued: only listed
+        store.create(JobType.generate, owner_of(hash_key("key-bob")), {"params": {}})
+    proc = subprocess.Popen([sys.executable, "-m", "detbooth_client", "--url", stack.url, "--api-key", "key-bob",
+                             "jobs", "list"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0 and err == "", err
+
+
+def test_finetune_too_few_images_is_the_gateways_message_and_names_the_files_it_skipped(run, tmp_path):
     folder = subject_images(tmp_path / "two", n=2)
+    (folder / "doc.pdf").write_bytes(b"%PDF-1.4\n%%EOF\n")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\0")
     code, _, err = run(
         "finetune",
         "--images",
@@ -113,7 +148,11 @@ def test_finetune_too_few_images_is_the_gateways_message(run, tmp_path):
         "--class-prompt",
         "a photo of a dog",
     )
-    assert "Wrong number of images (422): send 3–20 images" in one_line_error(code, err)
+    assert code == 1, err
+    skipped, error = err.strip().splitlines()
+    assert skipped.startswith(f"detbooth: skipping 2 files of {folder} that are not an image (")
+    assert skipped.endswith("): doc.pdf, notes.txt"), skipped
+    assert "Wrong number of images (422): send 3–20 images" in one_line_error(code, error)
 
 
 def test_finetune_then_jobs_list_show_cancel(run, tmp_path):
@@ -147,10 +186,40 @@ def test_finetune_then_jobs_list_show_cancel(run, tmp_path):
 
     code, out, err = run("jobs", "cancel", job_id)
     if code == 0:  # still queued or running: canceled now, or cooperatively at its next step
-        assert job_id in out and ("canceled" in out or "running" in out)
+        assert out.split("\t")[:3] == [job_id, "finetune", "canceled"], (out, err)
     else:  # it had already ended
         assert "Job already finished (409)" in one_line_error(code, err)
     assert "Job not found (404)" in one_line_error(*run("jobs", "show", job_id, key="key-bob")[::2])
+
+
+def test_class_prompt_is_optional_without_prior_preservation(run, tmp_path):
+    folder = subject_images(tmp_path / "mug")
+    args = ["finetune", "--images", str(folder), "--instance-prompt", "a photo of sks mug", "--steps", "1",
+            "--resolution", "64"]
+    code, out, err = run(*args, "--no-prior-preservation")
+    assert code == 0, err
+    config = json.loads(run("jobs", "show", out.strip())[1])["spec"]["config"]
+    assert config["with_prior_preservation"] is False and config.get("class_prompt") is None
+    # with prior preservation (the default) the gateway says what is missing
+    assert "class_prompt is required" in one_line_error(*run(*args)[::2])
+
+
+def test_cancel_of_a_running_job_says_cancel_requested_then_the_final_status(run, tmp_path):
+    folder = subject_images(tmp_path / "cup")
+    code, out, err = run("finetune", "--images", str(folder), "--instance-prompt", "a photo of sks cup",
+                         "--steps", "5000", "--resolution", "64", "--no-prior-preservation",
+                         "--set", "checkpoint_every=5000")
+    assert code == 0, err
+    job_id = out.strip()
+    deadline = time.monotonic() + 300
+    while json.loads(run("jobs", "show", job_id)[1])["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    code, out, err = run("jobs", "cancel", job_id)
+    assert code == 0, err
+    assert err.startswith(f"job {job_id}: cancel requested (running"), err
+    assert "waiting for it to stop" in err
+    assert out.strip().split("\t")[:3] == [job_id, "finetune", "canceled"], out
 
 
 def test_finetune_watch_with_prior_preservation_then_generate_with_the_model(run, tmp_path):
@@ -249,7 +318,35 @@ def test_detect_prints_boxes_draws_them_and_json(run, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
     code, _, err = run("detect", str(bad))
-    assert one_line_error(code, err)
+    assert "notes.txt" in one_line_error(code, err)
+
+
+def test_draw_with_a_file_name_takes_one_image_only(run, tmp_path):
+    img = text_image(tmp_path / "page.png")
+    code, _, err = run("detect", str(img), str(img), "--draw", str(tmp_path / "two.png"))
+    assert "give a folder for several" in usage_error(code, err, "detect")
+    assert not (tmp_path / "two.png").exists()
+    code, _, err = run("detect", str(img), "--draw", str(tmp_path / "one.png"))
+    assert code == 0, err
+    with Image.open(tmp_path / "one.png") as drawn:
+        assert drawn.size == (480, 200)
+
+
+def test_draw_applies_the_exif_orientation_as_the_api_does(run, tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 (rotate 90° clockwise to view): the API detects
+    on the upright image, so the boxes must be drawn on the upright image too."""
+    upright = text_image(tmp_path / "upright.png")
+    with Image.open(upright) as im:
+        stored = im.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote: 200x480
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    code, out, err = run("detect", str(tmp_path / "phone.jpg"), "--json", "--draw", str(tmp_path / "drawn.png"))
+    assert code == 0, err
+    result = json.loads(out)["results"][0]
+    assert (result["width"], result["height"]) == (480, 200) and result["boxes"]
+    with Image.open(tmp_path / "drawn.png") as drawn:
+        assert drawn.size == (480, 200)  # the boxes' frame, not the stored 200x480 pixels
 
 
 def test_detect_a_pdf_with_pages_draws_each_page(run, tmp_path):
@@ -285,8 +382,9 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
 
     def worker():
         for step in range(1, 5):
-            store.report_progress(job.id, Progress(step=step, total=4, eta_s=4 - step), {"loss": 1.0 / step})
-            time.sleep(0.05)
+            store.report_progress(job.id, Progress(step=step, total=4, eta_s=4 - step),
+                                  {"loss": 1.0 / step, "it_per_s": 2.5})
+            time.sleep(0.6)  # slower than the pipe's line limit (4 a second): each step can get its line
         store.transition(
             job.id,
             JobStatus.succeeded,
@@ -299,5 +397,8 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     code, out, err = run("jobs", "watch", job.id)
     thread.join()
     assert code == 0, err
-    assert f"[{'#' * 30}] 4/4  loss 0.25  eta 0s" in err and "status: succeeded" in err
+    assert f"[{'#' * 30}] 4/4  loss 0.25  it/s 2.5  eta 0s" in err and "status: succeeded" in err
+    steps = [line.split("] ")[1].split()[0] for line in err.splitlines() if line.startswith("[")]
+    # stderr is a pipe here: a line per step change (events may arrive bunched, so one may be merged away)
+    assert steps[0] == "1/4" and steps[-1] == "4/4" and len(steps) >= 3 and steps == sorted(set(steps)), err
     assert json.loads(out)["model_url"].endswith(f"/artifacts/jobs/{job.id}/model/pytorch_lora_weights.safetensors")

@@ -80,7 +80,7 @@ def test_finetune_json_base64_works_too(client):
     (finetune_files(2), CONFIG, 422, "3–20"),
     (finetune_files(3), {"class_prompt": "a dog"}, 422, "instance_prompt"),
     (finetune_files(3), "not json", 422, "JSON"),
-    ([("images", ("a.png", b"not an image", "image/png"))] * 3, CONFIG, 422, "a.png"),
+    ([("images", ("a.png", b"not an image", "image/png"))] * 3, CONFIG, 415, "a.png"),
     ([("images", ("t.png", png_bytes()[:60], "image/png"))] * 3, CONFIG, 422, "t.png"),
     ([("images", ("z.png", b"", "image/png"))] * 3, CONFIG, 422, "empty"),
     (finetune_files(3, size=(20, 20)), CONFIG, 422, "32"),
@@ -100,10 +100,17 @@ def test_finetune_bad_input_is_a_clear_4xx_and_creates_nothing(client, files, co
 
 def test_upload_limits(client):
     big = b"\0" * 1_100_000  # over the 1 MB per-file limit of this gateway
-    assert_problem(client.post("/finetune", headers=ALICE, files=[("images", ("b.png", big, "image/png"))] * 2,
-                               data={"config": "{}"}), 413)
+    body = assert_problem(client.post("/finetune", headers=ALICE,
+                                      files=[("images", ("b.png", big, "image/png"))] * 2, data={"config": "{}"}),
+                          413)
+    assert body["detail"] == "b.png is larger than 0.95 MiB"  # sizes as people read them, not raw bytes
     huge = b"\0" * 3_100_000  # over the 3 MB body limit: refused from Content-Length
-    assert_problem(client.post("/detect", headers=ALICE, files=[("images", ("h.png", huge, "image/png"))]), 413)
+    body = assert_problem(client.post("/detect", headers=ALICE,
+                                      files=[("images", ("h.png", huge, "image/png"))]), 413)
+    assert body["detail"] == "the request body is larger than 2.86 MiB"
+    body = assert_problem(client.post("/detect", headers=ALICE,
+                                      json={"images": [base64.b64encode(big).decode()]}), 413)
+    assert body["detail"] == "images[0] is larger than 0.95 MiB"
 
     def chunked():  # no Content-Length: refused while reading
         yield (b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
@@ -123,6 +130,48 @@ def test_unsupported_media_type_and_bad_json(client):
     body = assert_problem(client.post("/detect", headers=ALICE, json={"images": ["aGk="], "params": {"thresh": 7}}),
                           422)
     assert "thresh" in body["detail"]
+
+
+def _zip_bytes() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.txt", "hello")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name,data", [("notes.txt", b"just some text\n" * 20), ("photos.zip", _zip_bytes()),
+                                       ("scan.ico", None)])
+def test_the_same_non_image_gets_the_same_415_on_every_route(client, name, data):
+    """Multipart or JSON, /detect or /finetune: 415, the file named, the accepted formats listed, no repr."""
+    if data is None:  # an image, but in a format the services do not take
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32)).save(buf, "ICO")
+        data = buf.getvalue()
+    b64 = base64.b64encode(data).decode()
+    ok = [("images", (f"{i}.png", png_bytes(), "image/png")) for i in range(2)]
+    answers = {
+        "/detect multipart": client.post("/detect", headers=ALICE, files=[("images", (name, data, "text/plain"))]),
+        "/detect json": client.post("/detect", headers=ALICE, json={"images": [b64]}),
+        "/finetune multipart": client.post("/finetune", headers=ALICE, files=[*ok, ("images", (name, data, "x/y"))],
+                                           data={"config": json.dumps(CONFIG)}),
+        "/finetune json": client.post("/finetune", headers=ALICE, json={
+            "images": [base64.b64encode(png_bytes()).decode()] * 2 + [b64], "config": CONFIG}),
+    }
+    for route, r in answers.items():
+        body = assert_problem(r, 415)
+        named = "images[0]" if route == "/detect json" else "images[2]" if route == "/finetune json" else name
+        assert body["type"] == "urn:detbooth:problem:not-an-image" and body["title"] == "Unsupported media type", route
+        assert body["detail"].startswith(f"{named} is "), (route, body)
+        assert body["detail"].endswith("send images in one of these formats: PNG, JPEG, WebP, BMP, TIFF, GIF, "
+                                       "PPM or JPEG 2000"), (route, body)
+        assert "<" not in body["detail"] and "0x" not in body["detail"], (route, body)
 
 
 def test_detection_down_is_503_quickly(client):
@@ -175,12 +224,28 @@ def test_pagination_over_http(client):
     rest = client.get("/jobs", headers=BOB, params={"limit": 2, "cursor": page["next_cursor"]}).json()
     seen = [j["id"] for j in page["jobs"] + rest["jobs"]]
     assert seen[:3] == made[::-1]
+    # the README's loop starts with NEXT empty: an empty cursor is the first page
+    assert client.get("/jobs", headers=BOB, params={"limit": 2, "cursor": ""}).json() == page
     assert_problem(client.get("/jobs", headers=BOB, params={"limit": 0}), 422)
 
 
-def test_models_lists_base(client):
+def test_models_lists_base_and_fine_tunes_with_their_creation_time(client, gateway):
+    import datetime
+
+    import redis
+
+    from gateway.auth import hash_key, owner_of
+    from services.jobs.store import JobStore
+
     models = client.get("/models", headers=ALICE).json()["models"]
     assert models[0]["id"] == "base" and models[0]["kind"] == "base"
+    store = JobStore(redis.Redis.from_url(gateway[1]["DETBOOTH_REDIS_URL"]), prefix=gateway[1]["DETBOOTH_KEY_PREFIX"])
+    before = datetime.datetime.now(datetime.UTC)
+    store.register_model(owner_of(hash_key("key-alice")), "m-new", {"method": "lora", "instance_prompt": "sks"})
+    tuned = [m for m in client.get("/models", headers=ALICE).json()["models"] if m["id"] == "m-new"]
+    assert len(tuned) == 1 and tuned[0]["kind"] == "finetune"
+    created = datetime.datetime.fromisoformat(tuned[0]["created_at"])
+    assert before - datetime.timedelta(seconds=1) <= created <= datetime.datetime.now(datetime.UTC)
 
 
 def test_path_traversal_in_artifacts_is_404(client):

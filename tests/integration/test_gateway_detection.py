@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import ALICE, base_env
+from tests.integration.conftest import ALICE, base_env, png_bytes
 from tests.integration.detection.conftest import DetectionServer, service_env
 from tests.procs import Proc, free_port, python_cmd, start_gateway
 
@@ -60,8 +60,11 @@ def test_detect_multipart_and_json_pass_through(gateway, detection):
 
 
 def test_detection_errors_pass_through_as_problems(gateway):
-    r = httpx.post(f"{gateway}/detect", headers=ALICE, files=[("images", ("x.png", b"not an image", "image/png"))])
-    assert 400 <= r.status_code < 500 and r.headers["content-type"].startswith("application/problem+json")
+    png = png_bytes()
+    truncated = png[: len(png) // 2]  # a PNG header the gateway accepts; the detection service cannot decode it
+    r = httpx.post(f"{gateway}/detect", headers=ALICE, files=[("images", ("x.png", truncated, "image/png"))])
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+    assert r.json()["type"].endswith("corrupt-image"), r.text
 
 
 def hung_server() -> tuple[socket.socket, str]:

@@ -9,7 +9,7 @@ import httpx
 import redis
 
 from gateway.auth import hash_key, owner_of
-from services.jobs.schema import JobStatus, JobType, Progress
+from services.contracts.jobs import JobStatus, JobType, Progress
 from services.jobs.store import JobStore
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
@@ -183,9 +183,9 @@ def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
         store.report_progress(
             job.id,
             Progress(step=step, total=10, eta_s=2.0 * (10 - step)),
-            {"loss": 0.5 / step + 0.05, "it_s": 3.0},
+            {"loss": 0.5 / step + 0.05, "it_per_s": 3.0},
         )
-    page.wait_for_selector("#ft-progress-text:has-text('step 6 / 10 · loss 0.1333 · eta 8 s')")
+    page.wait_for_selector("#ft-progress-text:has-text('step 6 / 10 · loss 0.1333 · 3.00 it/s · eta 8 s')")
     assert page.eval_on_selector("#ft-progress", "p => [p.value, p.max]") == [6, 10]
     assert page.evaluate("ft.losses.length") == 6
     shot(page, "finetune-progress")

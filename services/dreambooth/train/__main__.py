@@ -13,7 +13,7 @@ import os
 import random
 from pathlib import Path
 
-from services.dreambooth.config import FinetuneConfig
+from services.contracts.finetune import FinetuneConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 

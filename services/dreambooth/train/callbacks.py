@@ -12,6 +12,8 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from services.contracts.finetune import TrainingMetrics
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.ckpt$")
@@ -52,15 +54,11 @@ class ProgressReporter(pl.Callback):
         if step < self.total and now - self._last_report < self.min_interval_s:
             return
         self._last_report = now
-        metrics = {"it_per_s": round(it_s, 4)}
-        for key in ("train/loss", "train/loss_instance", "train/loss_prior"):
-            value = trainer.callback_metrics.get(key)
-            if value is not None:
-                metrics[key.removeprefix("train/")] = float(value)
+        losses = {key.removeprefix("train/"): float(value) for key in ("train/loss", "train/loss_instance",
+                  "train/loss_prior") if (value := trainer.callback_metrics.get(key)) is not None}
         lrs = [g["lr"] for g in trainer.optimizers[0].param_groups] if trainer.optimizers else []
-        if lrs:
-            metrics["lr"] = float(lrs[0])
-        self.report(step, self.total, eta, metrics)
+        metrics = TrainingMetrics(it_per_s=round(it_s, 4), lr=float(lrs[0]) if lrs else None, **losses)
+        self.report(step, self.total, eta, metrics.reported())
 
 
 class CancelWatcher(pl.Callback):

@@ -20,10 +20,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from services.dreambooth.config import MAX_INSTANCE_IMAGES, MIN_INSTANCE_IMAGES, ConfigError, FinetuneConfig
+from services.contracts.finetune import (
+    MAX_INSTANCE_IMAGES,
+    MIN_INSTANCE_IMAGES,
+    ConfigError,
+    FinetuneConfig,
+    FinetuneResult,
+    TrainingMetrics,
+)
+from services.contracts.jobs import Job, Progress
 from services.jobs.artifacts import ArtifactStore
 from services.jobs.lifecycle import JobCanceled, JobFailed
-from services.jobs.schema import Job, Progress
 from services.jobs.store import JobStore, TransitionRefused
 
 log = logging.getLogger(__name__)
@@ -160,16 +167,16 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
     store.register_model(job.owner, job.id, info)
     removed = keep_only_the_model(artifacts, prefix)
     log.info("job %s: kept the model, config and logs; removed %s", job.id, ", ".join(removed) or "nothing")
-    return {
-        "model_id": job.id,
-        "model": model_key,
-        "method": config.method,
-        "config": f"{prefix}/config.yaml",
-        "logs": f"{prefix}/logs",
-        "steps": result.global_step,
-        "resumed_from_step": _step_of(result.resumed_from),
-        "metrics": result.metrics,
-    }
+    return FinetuneResult(
+        model_id=job.id,
+        model=model_key,
+        method=config.method,
+        config=f"{prefix}/config.yaml",
+        logs=f"{prefix}/logs",
+        steps=result.global_step,
+        resumed_from_step=_step_of(result.resumed_from),
+        metrics=TrainingMetrics.model_validate(result.metrics),
+    ).model_dump(mode="json")
 
 
 def _mirror_checkpoints(artifacts: ArtifactStore, prefix: str):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from services.dreambooth.config import FinetuneConfig
+from services.contracts.finetune import FinetuneConfig
 from services.dreambooth.train.loss import (
     LossParts,
     dreambooth_loss,

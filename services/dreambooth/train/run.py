@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from services.dreambooth.config import FinetuneConfig
+from services.contracts.finetune import FinetuneConfig
 from services.dreambooth.data import DreamBoothStream, collate, tokenize
 from services.dreambooth.train.callbacks import (
     AtomicCheckpointIO,

@@ -91,8 +91,8 @@ def bad_documents() -> dict:
         "100,000 pt page": (lambda u: post(u, [blank_pdf(1, (100_000.0, 100_000.0))]), 413, "too-many-pixels",
                             "200000x200000"),
         "page past the end": (lambda u: post(u, [pdf], pages="3-4"), 422, "page-out-of-range", "has 3 pages"),
-        "bad page spec": (lambda u: post(u, [pdf], pages="3-1"), 422, "validation-error", "invalid"),
-        "dpi too high": (lambda u: post(u, [pdf], dpi=5000), 422, "validation-error", "invalid"),
+        "bad page spec": (lambda u: post(u, [pdf], pages="3-1"), 422, "validation-error", "body.pages"),
+        "dpi too high": (lambda u: post(u, [pdf], dpi=5000), 422, "validation-error", "body.dpi"),
         "pages over the cap in all": (lambda u: post(u, [blank_pdf(20), blank_pdf(13)]), 413, "too-many-pages",
                                       "33 pages and images in all; the limit is 32"),
     }

@@ -11,7 +11,7 @@ from services.detection.decode import ImageDecodeError
 from services.detection.documents import (CorruptDocument, EmptyDocument, EncryptedDocument, PageOutOfRange,
                                           PageTooLarge, TooManyPages, iter_pages, open_document, page_preview,
                                           sniff)
-from services.detection.page_spec import parse_page_spec
+from services.contracts.page_spec import parse_page_spec
 from tests.detection_support import render_lines
 from tests.document_support import (blank_pdf, empty_pdf, encrypted_pdf, image_pdf, multipage_tiff, pil_from_bgr,
                                     render_page_png, vector_pdf)

@@ -1,6 +1,6 @@
 import pytest
 
-from services.detection.page_spec import PageSpec, parse_page_spec
+from services.contracts.page_spec import PageSpec, parse_page_spec
 
 
 @pytest.mark.parametrize("text, ranges, normal", [

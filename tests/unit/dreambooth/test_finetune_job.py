@@ -6,6 +6,7 @@ mid-training whose re-delivered task resumes from the newest checkpoint, and cle
 import importlib.util
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,11 +18,12 @@ import pytest
 import redis
 from PIL import Image
 
+from detbooth_client.cli import ProgressBar, progress_metrics
+from services.contracts.finetune import FinetuneConfig
+from services.contracts.jobs import JobStatus, JobType
 from services.dreambooth import tasks
-from services.dreambooth.config import FinetuneConfig
 from services.jobs.artifacts import ArtifactStore
 from services.jobs.heartbeat import lease_key
-from services.jobs.schema import JobStatus, JobType
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore, new_job_id
 
@@ -65,6 +67,10 @@ def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env, tin
     assert last["progress"]["total"] == 4 and {"loss", "loss_instance", "loss_prior", "it_per_s", "lr"} <= \
         set(last["metrics"])
     assert [e.data["status"] for e in events if e.event == "status"] == ["queued", "running", "succeeded"]
+    # what `detbooth jobs watch` draws from that real event: the iterations per second are shown
+    out = io.StringIO()
+    ProgressBar(out).update(4, 4, progress_metrics(last), None)
+    assert re.search(r"it/s \d", out.getvalue()) and "loss " in out.getvalue(), out.getvalue()
 
     result = job.result
     prefix = f"jobs/{job.id}"

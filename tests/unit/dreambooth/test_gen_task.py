@@ -7,10 +7,10 @@ import pytest
 import redis
 from PIL import Image
 
+from services.contracts.jobs import JobStatus, JobType
 from services.dreambooth import generate as gen_module
 from services.dreambooth import tasks
 from services.jobs.artifacts import ArtifactStore
-from services.jobs.schema import JobStatus, JobType
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from services.dreambooth.config import FinetuneConfig
+from services.contracts.finetune import FinetuneConfig
 
 
 @pytest.mark.slow

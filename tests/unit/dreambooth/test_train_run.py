@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file
 
-from services.dreambooth.config import FinetuneConfig
+from services.contracts.finetune import FinetuneConfig
 from services.dreambooth.data import DreamBoothStream, collate, tokenize
 from services.dreambooth.train.callbacks import list_checkpoints
 from services.dreambooth.train.module import DreamBoothModule

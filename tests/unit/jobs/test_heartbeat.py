@@ -6,9 +6,9 @@ import uuid
 import pytest
 from celery.exceptions import Retry
 
+from services.contracts.jobs import JobStatus, JobType
 from services.jobs.heartbeat import JobLease, TaskHeartbeat, lease_key, unacked_index_key
 from services.jobs.lifecycle import run_task
-from services.jobs.schema import JobStatus, JobType
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore
 

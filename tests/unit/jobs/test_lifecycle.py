@@ -1,8 +1,8 @@
 import pytest
 import redis
 
+from services.contracts.jobs import JobStatus, JobType
 from services.jobs.lifecycle import JobCanceled, JobFailed, run_job
-from services.jobs.schema import JobStatus, JobType
 from services.jobs.store import JobStore
 
 

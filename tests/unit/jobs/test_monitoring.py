@@ -16,7 +16,7 @@ from services.jobs.monitoring import (
     parse_nvidia_smi,
     queue_depths,
 )
-from services.jobs.schema import JobStatus, JobType
+from services.contracts.jobs import JobStatus, JobType
 from services.jobs.settings import JobSettings
 from services.jobs.store import JobStore, TransitionRefused
 

@@ -3,7 +3,7 @@ import threading
 import pytest
 import redis
 
-from services.jobs.schema import JobError, JobStatus, JobType, Progress
+from services.contracts.jobs import JobError, JobStatus, JobType, Progress
 from services.jobs.store import IdempotencyConflict, JobNotFound, JobStore, TransitionRefused
 
 
@@ -164,6 +164,7 @@ def test_models_outlive_jobs_and_are_per_owner(store):
     store.register_model("alice", "m1", {"method": "lora", "instance_prompt": "a photo of sks dog"})
     assert store.get_model("m1", "alice")["method"] == "lora"
     assert [m["id"] for m in store.list_models("alice")] == ["m1"]
+    assert store.list_models("alice")[0]["created_at"].endswith("+00:00")
     assert store.list_models("bob") == []
     with pytest.raises(JobNotFound):
         store.get_model("m1", "bob")

@@ -40,7 +40,7 @@ def dispatcher(outbox, *, allow_private=True, max_attempts=4, secret=SECRET):
 def fake_job(url: str, events=("start", "progress", "completed")):
     from datetime import UTC, datetime
 
-    from services.jobs.schema import Job, JobType
+    from services.contracts.jobs import Job, JobType
 
     return Job(id="j" * 32, type=JobType.generate, owner="o", created_at=datetime.now(UTC),
                spec={"webhook": {"url": url, "events": list(events)}, "inputs": ["secret/input.png"]})

@@ -1,7 +1,9 @@
-"""Parameters of a generation request. Imports only pydantic, so the gateway can validate up front (422)."""
+"""Generation: the parameters of a request and the result of its job. Imports only pydantic, so the gateway
+can validate up front (422) and the client can read results."""
 
 from enum import StrEnum
 from functools import lru_cache
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -90,3 +92,19 @@ class GenerateParams(BaseModel):
     def image_seeds(self, base_seed: int) -> list[int]:
         """Image i uses base_seed + i (wrapping at 2**32), so any one image can be redone alone."""
         return [(base_seed + i) % (MAX_SEED + 1) for i in range(self.num_images)]
+
+
+class GeneratedImage(BaseModel):
+    key: str = Field(description="artifact key of the PNG (the gateway answers with its `url`)")
+    seed: int
+
+
+class GenerateResult(BaseModel):
+    """`job.result` of a succeeded generation."""
+
+    images: list[GeneratedImage]
+    model: str
+    params: dict[str, Any] = Field(description="the request's parameters as run")
+    timings: dict[str, float] = Field(default_factory=dict)
+    batch_images: int = Field(description="images sampled in the same pipeline call (batched jobs included)")
+    warning: str | None = None

@@ -1,26 +1,28 @@
-"""Request and response models of the detection API (the gateway passes the response through unchanged)."""
-
-from __future__ import annotations
+"""Text detection: request parameters and the response, as the detection service answers and the gateway
+passes them through unchanged."""
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .page_spec import PageSpec, parse_page_spec
+from services.contracts.page_spec import PageSpec, parse_page_spec
+
+LimitType = Literal["min", "max", "resize_long"]
+BoxType = Literal["quad", "poly"]
 
 
 class DetectParams(BaseModel):
-    """Per-request overrides of the model's pre/post-processing settings."""
+    """Per-request overrides of the model's pre/post-processing settings (PaddleOCR's names and meanings)."""
 
     model_config = ConfigDict(extra="forbid")
 
     limit_side_len: int | None = Field(None, ge=32, le=4096,
                                        description="DetResizeForTest side limit (pixels; capped by max_side_limit)")
-    limit_type: Literal["min", "max", "resize_long"] | None = None
+    limit_type: LimitType | None = None
     thresh: float | None = Field(None, ge=0.0, le=1.0, description="binarisation threshold of the prob map")
     box_thresh: float | None = Field(None, ge=0.0, le=1.0, description="minimum mean probability inside a box")
     unclip_ratio: float | None = Field(None, gt=0.0, le=10.0, description="how far boxes grow around the text")
-    box_type: Literal["quad", "poly"] | None = None
+    box_type: BoxType | None = None
     pages: str | None = Field(None, max_length=200, examples=["1-3,5", "2-"],
                               description="pages of each PDF/TIFF to detect on (from 1); default: all")
     dpi: int | None = Field(None, ge=18, le=1200, description="resolution PDF pages are rendered at (default 144)")
@@ -38,6 +40,8 @@ class DetectParams(BaseModel):
 
 
 class DetectJSONRequest(BaseModel):
+    """`POST /detect` as JSON: base64 images and optional params."""
+
     model_config = ConfigDict(extra="forbid")
 
     images: list[str] = Field(..., min_length=1,
@@ -46,6 +50,7 @@ class DetectJSONRequest(BaseModel):
 
 
 class Box(BaseModel):
+    # integers, as PaddleOCR's DBPostProcess returns them: boxes are mapped back to source pixels and rounded
     points: list[list[int]] = Field(..., description="[[x, y], ...] in source-image pixels; quads are tl,tr,br,bl")
     score: float
 
@@ -57,19 +62,9 @@ class ImageResult(BaseModel):
     height: int
     preview: str | None = Field(None, description="the page as a JPEG data URL, when `previews` was asked for")
     boxes: list[Box]
-    timing_ms: dict[str, float]
+    timing_ms: dict[str, float] = Field(default_factory=dict)
 
 
 class DetectResponse(BaseModel):
     model: str
     results: list[ImageResult]
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str | None = None
-    errors: list[dict] | None = None

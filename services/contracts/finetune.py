@@ -2,16 +2,27 @@
 
 The gateway validates a `POST /finetune` body with it before queueing; the worker validates it again,
 fills in what depends on other fields (learning rates, seed) and saves the resolved copy with the job as
-`jobs/<id>/config.yaml`, so a resumed job trains with exactly the same settings.
+`jobs/<id>/config.yaml`, so a resumed job trains with exactly the same settings. The metrics a training
+run reports and the result a finished fine-tune records are here too.
 
-This module imports only pydantic and yaml: the gateway imports it and must not pull in torch.
+This module imports only pydantic and yaml: the gateway and the client import it and must not pull in torch.
 Field names and defaults follow diffusers' `train_dreambooth.py` / `train_dreambooth_lora.py`.
 """
 
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from services.contracts.webhooks import WebhookRequest
 
 MIN_INSTANCE_IMAGES = 3
 MAX_INSTANCE_IMAGES = 20
@@ -206,6 +217,48 @@ class FinetuneConfig(BaseModel):
             return cls.model_validate(data)
         except ValidationError as e:
             raise ConfigError(describe_errors(e), errors=e.errors(include_url=False)) from None
+
+
+class FinetuneJSONRequest(WebhookRequest):
+    """`POST /finetune` as JSON: base64 subject images and the config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[str] = Field(description="3–20 base64 images of the subject")
+    config: dict[str, Any] = Field(description="fine-tune config: instance_prompt, class_prompt, hyper-parameters")
+
+
+class TrainingMetrics(BaseModel):
+    """What a training run reports with its progress (and a fine-tune's result keeps): one name per value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loss: float | None = Field(default=None, description="total loss of the last step")
+    loss_instance: float | None = Field(default=None, description="loss on the subject's images")
+    loss_prior: float | None = Field(default=None, description="loss on the class images (prior preservation)")
+    lr: float | None = Field(default=None, description="UNet learning rate")
+    it_per_s: float | None = Field(default=None, description="optimizer steps per second since the run started")
+
+    def reported(self) -> dict[str, float]:
+        """The values that are set (what a progress event and the job record carry)."""
+        return self.model_dump(exclude_none=True)
+
+
+class FinetuneResult(BaseModel):
+    """`job.result` of a succeeded fine-tune (artifact keys; the gateway adds download URLs)."""
+
+    model_id: str = Field(description="use as `model` in POST /generate")
+    model: str = Field(description="artifact key of the LoRA file or the diffusers folder")
+    method: Literal["full", "lora"]
+    config: str = Field(description="artifact key of the resolved config.yaml")
+    logs: str
+    steps: int
+    resumed_from_step: int | None = None
+    metrics: TrainingMetrics = Field(default_factory=TrainingMetrics)
+
+    @field_serializer("metrics")
+    def _set_metrics_only(self, metrics: TrainingMetrics) -> dict[str, float]:
+        return metrics.reported()
 
 
 class ConfigError(ValueError):

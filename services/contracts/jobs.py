@@ -1,4 +1,5 @@
-"""The job record shared by the gateway and the workers."""
+"""Jobs: the record shared by the gateway and the workers, its statuses and transitions, and the view its
+owner gets over the API."""
 
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -66,3 +67,26 @@ class Job(BaseModel):
     error: JobError | None = None
     attempts: int = 0
     cancel_requested: bool = False
+
+
+class JobView(BaseModel):
+    """A job as its owner sees it (`GET /jobs/{id}`): no owner, no input keys, artifact keys as URLs."""
+
+    id: str
+    type: JobType
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress
+    metrics: dict[str, float]
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    attempts: int
+    cancel_requested: bool
+    spec: dict[str, Any]
+
+
+class JobList(BaseModel):
+    jobs: list[JobView]
+    next_cursor: str | None = None

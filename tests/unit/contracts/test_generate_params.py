@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from services.dreambooth.gen_params import GenerateParams, SchedulerName
+from services.contracts.generate import GenerateParams, SchedulerName
 
 
 def _error_fields(**kw) -> set[str]:
@@ -51,7 +51,7 @@ def test_multiple_of_8_message():
 
 
 def test_area_limit(monkeypatch):
-    from services.dreambooth import gen_params
+    from services.contracts import generate as gen_params
 
     monkeypatch.setenv("DETBOOTH_GEN_MAX_PIXELS", str(256 * 256))
     gen_params.generation_limits.cache_clear()
@@ -78,5 +78,5 @@ def test_gen_params_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, services.dreambooth.gen_params; assert 'torch' not in sys.modules"
+    code = "import sys, services.contracts.generate; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from services.dreambooth.config import ConfigError, FinetuneConfig
+from services.contracts.finetune import ConfigError, FinetuneConfig
 
 MINIMAL = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog"}
 
@@ -63,6 +63,6 @@ def test_bad_yaml_is_a_config_error():
 
 
 def test_config_module_does_not_import_torch():
-    code = "import sys, services.dreambooth.config; print('torch' in sys.modules)"
+    code = "import sys, services.contracts.finetune; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
