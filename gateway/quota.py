@@ -1,6 +1,6 @@
 """The optional per-owner storage quota (`DETBOOTH_STORAGE_QUOTA_BYTES`), checked before a job is made."""
 
-from gateway.errors import Problem
+from services.contracts.problems import Problem
 from gateway.state import AppState
 
 

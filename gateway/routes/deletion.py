@@ -4,10 +4,10 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
-from gateway.errors import Problem
+from services.contracts.problems import Problem
 from gateway.state import State
 from services.jobs.deletion import delete_job, delete_model
-from services.jobs.interface import JobNotFound
+from services.jobs.store import JobNotFound
 
 router = APIRouter(tags=["lifecycle"])
 

@@ -13,7 +13,8 @@ import time
 
 from services.contracts.jobs import Job, JobStatus, JobType
 from services.jobs.artifacts import ArtifactStore
-from services.jobs.interface import JobNotFound, JobSystem, TransitionRefused
+from services.jobs.store import JobNotFound, TransitionRefused
+from services.jobs.store import JobStore as JobSystem
 
 log = logging.getLogger(__name__)
 MODEL_PARTS = ("model", "model.json")
@@ -80,7 +81,9 @@ def settle_artifacts(system: JobSystem, artifacts: ArtifactStore, job_id: str) -
     try:
         job = system.get(job_id)
     except JobNotFound:
-        if system.is_deleted(job_id):
+        if system.is_deleted(job_id):  # it may have registered its model after the deletion: undo that too
+            system.unregister_model(job_id)
+            system.drop_storage(job_id)
             artifacts.delete(job_prefix(job_id))
         return
     if job.status in (JobStatus.queued, JobStatus.running):

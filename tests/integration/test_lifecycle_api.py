@@ -11,7 +11,7 @@ from PIL import Image
 
 from gateway.main import create_app
 from gateway.settings import GatewaySettings
-from services.jobs.redis_system import RedisJobSystem
+from services.jobs.store import store_from_settings
 from services.jobs.settings import JobSettings
 from tests.webhook_receiver import SECRET
 
@@ -38,7 +38,7 @@ def make(redis_server, key_prefix, tmp_path):
         c = TestClient(create_app(settings, jobs))
         c.__enter__()
         clients.append(c)
-        return c, RedisJobSystem.from_settings(jobs)
+        return c, store_from_settings(jobs)
 
     yield make
     for c in clients:
@@ -80,10 +80,10 @@ def test_storage_quota_refuses_new_jobs_with_a_problem_naming_the_limit(make):
 def test_private_webhook_targets_are_refused_with_422(make, url):
     c, _ = make()
     r = c.post("/generate", headers=A1, json={**GEN, "webhook": url})
-    assert r.status_code == 422 and r.json()["type"].endswith("/webhook-refused"), r.text
+    assert r.status_code == 422 and r.json()["type"].endswith(":webhook-refused"), r.text
     files = [("images", (f"{i}.png", png(i), "image/png")) for i in range(3)]
     r = c.post("/finetune", headers=A1, files=files, data={"config": json.dumps(CONFIG), "webhook": url})
-    assert r.status_code == 422 and r.json()["type"].endswith("/webhook-refused"), r.text
+    assert r.status_code == 422 and r.json()["type"].endswith(":webhook-refused"), r.text
     r = c.post("/generate", headers=A1, json={**GEN, "webhook": "https://93.184.215.14/h", "webhook_events": ["x"]})
     assert r.status_code == 422
     assert c.get("/jobs", headers=A1).json()["jobs"] == []
