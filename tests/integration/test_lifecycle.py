@@ -92,9 +92,9 @@ def test_finetune_generate_webhooks_recover_and_delete(redis_server, redis_clien
         gen2 = r.json()["id"]
 
         # deletion: another owner gets 404 and changes nothing; the owner's deletes leave nothing behind
-        bob = {"headers": BOB}
-        assert c2.delete(f"/models/{model_id}", **bob).status_code == 404
-        assert c2.delete(f"/jobs/{gen2}", **bob).status_code == 404
+        with httpx.Client(base_url=url2, headers=BOB, timeout=30) as bob:
+            assert bob.delete(f"/models/{model_id}").status_code == 404
+            assert bob.delete(f"/jobs/{gen2}").status_code == 404
         before = stored(data_dir)
         assert c2.delete(f"/jobs/{gen2}").status_code == 204
         assert c2.get(f"/jobs/{gen2}").status_code == 404
