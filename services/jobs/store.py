@@ -5,10 +5,6 @@ however many gateways and workers race on the same job.
 """
 
 import json
-import logging
-import os
-import socket
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -30,7 +26,7 @@ from services.contracts.jobs import (
 from services.jobs.monitoring import JobStats
 from services.jobs.quota import InFlightJobs
 from services.jobs.settings import JobSettings
-from services.jobs.webhooks import WebhookEvent, emit
+from services.jobs.redis_lifecycle import RedisLifecycle
 
 # KEYS: job hash, events stream. ARGV: allowed current statuses (comma list, "" = any), new status
 # ("" = keep), ttl seconds (0 = none), stream maxlen, event type, event json, incr-attempts flag, then
@@ -109,53 +105,7 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-class LifecycleKeys:
-    """Key names of the data lifecycle (moved into the adapter's `Keys` with it)."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def model(self, model_id: str) -> str:
-        return f"{self.prefix}:model:{model_id}"
-
-    def owner_models(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}:models"
-
-    # data lifecycle: deletion tombstones, storage use, recovery marker, locks, webhook outbox
-    @property
-    def deleted(self) -> str:
-        return f"{self.prefix}:deleted"
-
-    def owner_storage(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}:storage"
-
-    @property
-    def storage_owner(self) -> str:
-        """job id -> owner of every job whose files are counted (so that expired jobs can be uncounted)."""
-        return f"{self.prefix}:storage:owner"
-
-    @property
-    def indexed(self) -> str:
-        return f"{self.prefix}:meta:indexed"
-
-    def lock(self, name: str) -> str:
-        return f"{self.prefix}:lock:{name}"
-
-    @property
-    def webhooks_due(self) -> str:
-        return f"{self.prefix}:webhooks:due"
-
-    def webhook(self, delivery_id: str) -> str:
-        return f"{self.prefix}:webhook:{delivery_id}"
-
-    def webhook_progress(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:webhook-progress"
-
-
-class JobStore:
+class JobStore(RedisLifecycle):
     def __init__(self, client: redis.Redis, prefix: str = "detbooth", ttl_s: int = 7 * 24 * 3600,
                  events_maxlen: int = 1000):
         self.r = client
@@ -166,8 +116,7 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self.stats = JobStats(client, prefix)
         self.inflight = InFlightJobs(client, prefix, job_key_prefix=self._job_key(""))
-        self.keys = LifecycleKeys(prefix)
-        self.webhooks = RedisWebhookOutbox(self)
+        self.init_lifecycle(client, prefix)
 
     # keys
     def _job_key(self, job_id: str) -> str:
@@ -306,10 +255,7 @@ class JobStore:
         self.stats.record(job.id, job.type.value, new.value, ran)
         if new.terminal:
             self.inflight.release(job.owner, job.type.value, job.id)
-        if new == JobStatus.running:
-            emit(self.webhooks, job, WebhookEvent.start)
-        elif new.terminal:
-            emit(self.webhooks, job, WebhookEvent.completed)
+        self.notify_status(job, new)
         return job
 
     def report_progress(self, job_id: str, progress: Progress,
@@ -323,17 +269,7 @@ class JobStore:
             fields["metrics"] = metrics
         self._run_update(job_id, allowed={JobStatus.running}, new=None, fields=fields, event="progress",
                          event_data={"progress": progress.model_dump(), "metrics": metrics or {}})
-        self._progress_webhook(job_id)
-
-    def _progress_webhook(self, job_id: str) -> None:
-        """A `progress` webhook for jobs that asked for one (read only the spec: this runs every step)."""
-        try:
-            spec = self.r.hget(self.keys.job(job_id), "spec")
-            if spec is None or b'"webhook"' not in spec or b'"progress"' not in spec:
-                return
-            emit(self.webhooks, self.get(job_id), WebhookEvent.progress)
-        except Exception:
-            logging.getLogger(__name__).warning("progress webhook of job %s not queued", job_id, exc_info=True)
+        self.notify_progress(job_id)
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once; ask a running one to stop (its worker checks every step)."""
@@ -391,148 +327,6 @@ class JobStore:
 
     def ping(self) -> bool:
         return bool(self.r.ping())
-
-    # data lifecycle (services/jobs/deletion.py, sweeper.py, reindex.py) ------------------------------------
-    def unregister_model(self, model_id: str) -> str | None:
-        """Remove a model's registration; its owner, or None when there was none."""
-        owner = self.model_owner(model_id)
-        pipe = self.r.pipeline()
-        pipe.delete(self.keys.model(model_id))
-        if owner is not None:
-            pipe.zrem(self.keys.owner_models(owner), model_id)
-        pipe.execute()
-        return owner
-
-    def model_owner(self, model_id: str) -> str | None:
-        raw = self.r.hget(self.keys.model(model_id), "owner")
-        return raw.decode() if raw is not None else None
-
-    def mark_deleted(self, job_id: str) -> None:
-        self.r.zadd(self.keys.deleted, {job_id: time.time()})
-
-    def is_deleted(self, job_id: str) -> bool:
-        return self.r.zscore(self.keys.deleted, job_id) is not None
-
-    def deleted_ids(self) -> set[str]:
-        return {i.decode() for i in self.r.zrange(self.keys.deleted, 0, -1)}
-
-    def forget_deleted(self, older_than: float) -> None:
-        self.r.zremrangebyscore(self.keys.deleted, "-inf", older_than)
-
-    def live_ids(self, job_ids: list[str]) -> set[str]:
-        """Which of `job_ids` still have a job record or a registered model."""
-        pipe = self.r.pipeline(transaction=False)
-        for i in job_ids:
-            pipe.exists(self.keys.job(i), self.keys.model(i))
-        return {i for i, n in zip(job_ids, pipe.execute()) if n}
-
-    def record_storage(self, owner: str, job_id: str, nbytes: int) -> None:
-        pipe = self.r.pipeline()
-        pipe.hset(self.keys.owner_storage(owner), job_id, int(nbytes))
-        pipe.hset(self.keys.storage_owner, job_id, owner)
-        pipe.execute()
-
-    def drop_storage(self, job_id: str) -> None:
-        owner = self.r.hget(self.keys.storage_owner, job_id)
-        pipe = self.r.pipeline()
-        if owner is not None:
-            pipe.hdel(self.keys.owner_storage(owner.decode()), job_id)
-        pipe.hdel(self.keys.storage_owner, job_id)
-        pipe.execute()
-
-    def storage_used(self, owner: str) -> int:
-        return sum(int(v) for v in self.r.hvals(self.keys.owner_storage(owner)))
-
-    def is_indexed(self) -> bool:
-        return bool(self.r.exists(self.keys.indexed))
-
-    def mark_indexed(self) -> None:
-        self.r.set(self.keys.indexed, datetime.now().isoformat())
-
-    def try_lock(self, name: str, ttl_s: int) -> bool:
-        return bool(self.r.set(self.keys.lock(name), _holder_token(), nx=True, ex=ttl_s))
-
-    def persistence(self) -> dict[str, str] | None:
-        """Redis' `appendonly` and `save` settings; None when CONFIG is not allowed (managed Redis)."""
-        try:
-            got = {**self.r.config_get("appendonly"), **self.r.config_get("save")}
-        except redis.ResponseError:
-            return None
-        return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in got.items()}
-
-    def webhook_outbox(self, progress_interval_s: float = 10.0) -> "RedisWebhookOutbox":
-        return RedisWebhookOutbox(self, progress_interval_s)
-
-
-# KEYS: due zset. ARGV: now, claim-until, max count. Claims due deliveries by pushing their due time out.
-_WEBHOOK_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-return ids
-"""
-
-
-class RedisWebhookOutbox:
-    """Webhook deliveries waiting to be sent (services/jobs/webhooks.py): a hash per delivery and one sorted
-    set of delivery ids by due time; a claim pushes the due time out by a lease, so a dispatcher that dies
-    mid-delivery lets another send it again."""
-
-    def __init__(self, system: "RedisJobSystem", progress_interval_s: float = 10.0, keep_s: int = 3 * 24 * 3600):
-        self.r, self.keys = system.r, system.keys
-        self.progress_interval_s = progress_interval_s
-        self.keep_s = keep_s
-        self._claim = self.r.register_script(_WEBHOOK_CLAIM)
-
-    def put(self, url: str, payload: dict[str, Any], *, job_id: str = "", due: float | None = None) -> str:
-        delivery_id = f"msg_{uuid.uuid4().hex}"
-        key = self.keys.webhook(delivery_id)
-        pipe = self.r.pipeline()
-        pipe.hset(key, mapping={"url": url, "body": json.dumps(payload, separators=(",", ":")), "attempts": 0,
-                                "job_id": job_id, "type": payload.get("type", "")})
-        pipe.expire(key, self.keep_s)
-        pipe.zadd(self.keys.webhooks_due, {delivery_id: time.time() if due is None else due})
-        pipe.execute()
-        return delivery_id
-
-    def progress_allowed(self, job_id: str) -> bool:
-        """At most one `progress` delivery per job per `progress_interval_s`."""
-        if self.progress_interval_s <= 0:
-            return True
-        ms = max(1, int(self.progress_interval_s * 1000))
-        return bool(self.r.set(self.keys.webhook_progress(job_id), "1", nx=True, px=ms))
-
-    def claim(self, *, lease_s: float, limit: int = 16) -> list[dict[str, Any]]:
-        """Due deliveries, each now held for `lease_s` (due again after that unless settled)."""
-        now = time.time()
-        ids = [i.decode() for i in self._claim(keys=[self.keys.webhooks_due], args=[now, now + lease_s, limit])]
-        out = []
-        for delivery_id in ids:
-            raw = self.r.hgetall(self.keys.webhook(delivery_id))
-            if not raw:  # expired or settled meanwhile
-                self.r.zrem(self.keys.webhooks_due, delivery_id)
-                continue
-            fields = {k.decode(): v.decode() for k, v in raw.items()}
-            out.append({"id": delivery_id, **fields, "attempts": int(fields.get("attempts", 0))})
-        return out
-
-    def settle(self, delivery_id: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.zrem(self.keys.webhooks_due, delivery_id)
-        pipe.delete(self.keys.webhook(delivery_id))
-        pipe.execute()
-
-    def retry_at(self, delivery_id: str, when: float) -> int:
-        pipe = self.r.pipeline()
-        pipe.hincrby(self.keys.webhook(delivery_id), "attempts", 1)
-        pipe.zadd(self.keys.webhooks_due, {delivery_id: when})
-        return int(pipe.execute()[0])
-
-    def pending(self) -> int:
-        return int(self.r.zcard(self.keys.webhooks_due))
-
-
-def _holder_token() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
 
 
 def store_from_settings(settings: JobSettings) -> JobStore:
