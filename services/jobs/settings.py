@@ -64,6 +64,8 @@ class JobSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "JobSettings":
+        if self.webhook_secret == "":  # an unset variable passed through (compose's ${VAR:-})
+            self.webhook_secret = None
         if self.webhook_secret is not None:
             from standardwebhooks import Webhook
 
