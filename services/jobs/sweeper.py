@@ -74,7 +74,8 @@ class Sweeper:
         self._thread.join(timeout=10)
 
     def run_once(self) -> SweepReport:
-        if not self.system.try_lock("sweep", ttl_s=max(60, int(self.interval_s))):
+        # one sweep per interval across replicas: the lock lapses just before this replica's next turn
+        if not self.system.try_lock("sweep", ttl_s=max(1, int(self.interval_s * 0.9))):
             return SweepReport(skipped=True)
         return sweep(self.system, self.artifacts, grace_s=self.grace_s)
 
