@@ -1,4 +1,8 @@
-"""Locust user for `bench/load_detect.py`: POST /detect through the gateway with images of varied sizes."""
+"""Locust user for `bench/load_detect.py`: POST /detect through the gateway with images of varied sizes.
+
+LOAD_SHAPES distinct sizes (default 8) drawn with LOAD_SEED (default 0): two runs with different seeds send
+shapes the service has not seen before, which is how the load test checks that memory does not grow with them.
+"""
 
 import io
 import os
@@ -10,8 +14,10 @@ from locust import HttpUser, constant, events, task
 from locust.exception import StopUser
 from PIL import Image
 
-SIZES = [(64, 48), (200, 120), (320, 320), (480, 200), (640, 480), (123, 457), (800, 600), (97, 1000)]
 LIMIT = int(os.environ.get("LOAD_REQUESTS", "1000"))
+SHAPES = int(os.environ.get("LOAD_SHAPES", "8"))
+SEED = int(os.environ.get("LOAD_SEED", "0"))
+MAX_SIDE = int(os.environ.get("LOAD_MAX_SIDE", "1000"))
 
 
 def _png(w: int, h: int, seed: int) -> bytes:
@@ -23,7 +29,12 @@ def _png(w: int, h: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-IMAGES = [_png(w, h, i) for i, (w, h) in enumerate(SIZES)]
+def _sizes(count: int, seed: int) -> list[tuple[int, int]]:
+    rng = np.random.default_rng(seed)
+    return [(int(rng.integers(48, MAX_SIDE)), int(rng.integers(48, MAX_SIDE))) for _ in range(count)]
+
+
+IMAGES = [_png(w, h, SEED * 1000 + i) for i, (w, h) in enumerate(_sizes(SHAPES, SEED))]
 
 
 class DetectUser(HttpUser):

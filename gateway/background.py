@@ -5,7 +5,7 @@ import logging
 from collections.abc import Callable
 
 from services.jobs.artifacts import ArtifactStore
-from services.jobs.store import JobStore as RedisJobSystem
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.reindex import ensure_indexed
 from services.jobs.settings import JobSettings
 from services.jobs.sweeper import Sweeper

@@ -7,8 +7,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.keys import BadKeyEntry, parse_key_entries
-
-MiB = 1024 * 1024
+from services.contracts.limits import UploadLimits
 
 
 class GatewaySettings(BaseSettings):
@@ -24,12 +23,12 @@ class GatewaySettings(BaseSettings):
     detection_timeout_s: float = Field(default=60.0, gt=0)
     sd_base_model: str | None = Field(default=None, description="base model id shown by GET /models")
     rate_limit_per_minute: int = Field(default=600, ge=1, description="requests per API key per minute")
-    max_file_bytes: int = Field(default=20 * MiB, ge=1024)
-    max_files: int = Field(default=20, ge=1, description="files per request")
-    max_total_bytes: int = Field(default=100 * MiB, ge=1024, description="bytes per request body")
+    # files, bytes, pixels and pages: the same variables the detection service reads
+    limits: UploadLimits = Field(default_factory=UploadLimits)
     body_read_timeout_s: float = Field(default=120.0, gt=0, description="longest time to receive a request body")
-    max_image_pixels: int = Field(default=40_000_000, ge=1024, description="pixels per uploaded image")
     max_wait_s: float = Field(default=60.0, ge=0, description="longest `Prefer: wait=N` honoured")
+    max_streams_per_key: int = Field(default=100, ge=1,
+                                     description="event streams one API key may hold open on one gateway process")
     allowed_base_models: str = Field(
         default="", description="comma-separated base models a fine-tune may name; empty: only the default")
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS; empty: CORS off")

@@ -7,7 +7,7 @@ from gateway.auth import Caller
 from services.contracts.problems import Problem
 from gateway.state import State
 from services.jobs.deletion import delete_job, delete_model
-from services.jobs.store import JobNotFound
+from services.jobs.interface import JobNotFound
 
 router = APIRouter(tags=["lifecycle"])
 

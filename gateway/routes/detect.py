@@ -3,16 +3,19 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
+from gateway.detect_uploads import check_detect_uploads
 from gateway.detection_client import forward
+from gateway.multipart_check import scan_multipart
 from gateway.state import State
-from gateway.uploads import decode_base64_images, read_multipart, sniff_format
+from gateway.uploads import decode_base64_images, sniff_format
 from services.contracts.detect import DetectJSONRequest, DetectParams, DetectResponse
+from services.contracts.documents import sniff_document
 from services.contracts.problems import Problem, validation_problem
 
 router = APIRouter(tags=["detection"])
-PDF_MAGIC = b"%PDF-"
 
 _OPENAPI_BODY = {
     "requestBody": {
@@ -38,32 +41,34 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
     """Find text boxes in one or more images (multipart `images`, or JSON base64) with optional thresholds."""
     s = state.settings
     ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        files, fields = await read_multipart(request, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
-        try:
-            params = DetectParams.model_validate(fields)
-        except ValidationError as e:
-            raise validation_problem(e) from e
-    elif ctype.startswith("application/json"):
-        try:
-            body = DetectJSONRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise validation_problem(e) from e
-        files = decode_base64_images(body.images, max_files=s.max_files, max_file_bytes=s.max_file_bytes)
-        params = body.params
-    else:
+    if not ctype.startswith(("multipart/form-data", "application/json")):
         raise Problem(415, "Unsupported media type", "send multipart/form-data with `images` files, "
                       "or application/json with base64 `images`", type_="unsupported-media-type")
+    body = await request.body()  # counted and capped by BodySizeLimit while it arrives
+    if ctype.startswith("multipart/form-data"):  # parsing and sniffing are CPU work: off the event loop
+        form = await run_in_threadpool(scan_multipart, body, ctype, max_files=s.limits.max_files,
+                                       max_file_bytes=s.limits.max_file_bytes)
+        try:
+            params = DetectParams.model_validate(form.fields)
+        except ValidationError as e:
+            raise validation_problem(e) from e
+        files = form.files
+    else:
+        try:
+            parsed = DetectJSONRequest.model_validate_json(body)
+        except ValidationError as e:
+            raise validation_problem(e) from e
+        files = await run_in_threadpool(decode_base64_images, parsed.images, max_files=s.limits.max_files,
+                                        max_file_bytes=s.limits.max_file_bytes)
+        params = parsed.params
     if not files:
         raise Problem(422, "No images", "send at least one image in the `images` field", type_="validation-error")
     for f in files:  # the same 415 as every other route, before the upload travels on
-        if not f.data.startswith(PDF_MAGIC):  # PDFs are the detection service's to read or refuse
+        if sniff_document(f.data) is None:  # PDFs and TIFFs are documents: their pages are checked below
             sniff_format(f)
-    data = {k: str(v.value if hasattr(v, "value") else v) for k, v in params.model_dump(exclude_none=True).items()}
-    upstream = await forward(
-        state.detection, "POST", "/v1/detect", data=data,
-        files=[("images", (f.filename, f.data, f.content_type or "application/octet-stream")) for f in files],
-    )
+    await check_detect_uploads([f.data for f in files], params, s.limits)  # pixels and pages, before it travels
+    # the body as received: no second parse, no re-encoding; the detection service reads the same format
+    upstream = await forward(state.detection, "POST", "/v1/detect", content=body, headers={"content-type": ctype})
     passthrough = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after",)}
     return Response(upstream.content, status_code=upstream.status_code, headers=passthrough,
                     media_type=upstream.headers.get("content-type", "application/json"))

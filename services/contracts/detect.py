@@ -67,4 +67,6 @@ class ImageResult(BaseModel):
 
 class DetectResponse(BaseModel):
     model: str
+    precision: str = Field(..., description="the precision serving (fp32, bf16, fp16, int8); reduced ones passed "
+                                            "the precision guard against fp32")
     results: list[ImageResult]

@@ -1,6 +1,7 @@
 """Jobs: the record shared by the gateway and the workers, its statuses and transitions, and the view its
 owner gets over the API."""
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -37,15 +38,40 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-class Progress(BaseModel):
+class Phase(StrEnum):
+    """What a fine-tune is doing, in this order."""
+
+    preparing = "preparing"  # its config and photos read, the base model found
+    class_images = "class_images"  # the prior-preservation class images generated (cached for later jobs)
+    training = "training"
+    exporting = "exporting"  # the LoRA file or the diffusers folder written
+
+
+class PhaseProgress(BaseModel):
     step: int = 0
     total: int = 0
     eta_s: float | None = None
+    it_per_s: float | None = Field(default=None, description="the phase's own units a second: steps, images")
+
+
+class Progress(BaseModel):
+    """`step`, `total` and `eta_s` are the job's main measure: a fine-tune's training steps, a generation's
+    denoising steps. A fine-tune also names its current `phase` and keeps each phase's own numbers in `phases`."""
+
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    phase: Phase | None = None
+    phases: dict[Phase, PhaseProgress] = Field(default_factory=dict)
 
 
 class JobError(BaseModel):
     code: str
     message: str
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
 
 
 def utcnow() -> datetime:

@@ -10,6 +10,7 @@ import logging
 import uvicorn
 
 from .app import create_app
+from .memory import bound_native_heap
 from .settings import DetectionSettings
 
 
@@ -18,6 +19,7 @@ def main() -> None:
     parser.add_argument("--fd", type=int, default=None, help="serve on this inherited, bound socket")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    bound_native_heap()  # before any engine or pool thread exists
     settings = DetectionSettings()
     app = create_app(settings)
     if args.fd is not None:

@@ -60,7 +60,7 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
     app = FastAPI(title="DetBooth text detection", version="1", lifespan=lifespan)
     app.state.service = service
     install_error_handlers(app, settings.retry_after_s)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=settings.limits.max_total_bytes)
 
     @app.post("/v1/detect", response_model=DetectResponse, openapi_extra=DETECT_BODY, responses=PROBLEMS)
     async def detect(request: Request, service: Service) -> DetectResponse:
@@ -80,7 +80,7 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
             service.metrics.requests.labels(str(status)).inc()
             service.metrics.latency.observe(time.perf_counter() - started)
         service.metrics.images.inc(len(results))
-        return DetectResponse(model=service.model.display_name, results=results)
+        return DetectResponse(model=service.model.display_name, precision=service.precision, results=results)
 
     @app.get("/healthz")
     async def healthz(service: Service) -> dict:

@@ -88,6 +88,7 @@ class DynamicBatcher:
         bucket_sides: Sequence[int] = (320, 480, 640, 800, 960),
         pad_to_buckets: bool = False,
         pow2_batches: bool = True,
+        max_batch_pixels: int = 0,
         engine_workers: int = 1,
         warmup: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
@@ -102,6 +103,9 @@ class DynamicBatcher:
         # 8... only keep that set small. A batch takes the largest allowed size that the queue can fill.
         self.batch_sizes = sorted({min(2**i, max_batch_size) for i in range(max_batch_size.bit_length())}
                                   | {max_batch_size}) if pow2_batches else list(range(1, max_batch_size + 1))
+        # A batch's activations grow with batch x H x W: this cap bounds the engine's peak memory whatever
+        # shapes arrive (0: no cap). A single image always runs, however large.
+        self.max_batch_pixels = max_batch_pixels
         self.engine_workers = engine_workers
         self.warmup = warmup
         self.on_batch = on_batch
@@ -207,7 +211,7 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            full = [shape for shape, q in self._pending.items() if len(q) >= self.max_batch_size]
+            full = [shape for shape, q in self._pending.items() if len(q) >= self.batch_size_for(shape, 1 << 30)]
             oldest_at, oldest = min(heads)
             shape = full[0] if full else oldest
             wait_s = oldest_at + self.max_delay_s - time.perf_counter()
@@ -219,9 +223,15 @@ class DynamicBatcher:
             except TimeoutError:
                 pass
 
+    def batch_size_for(self, shape: Shape, waiting: int) -> int:
+        """The largest allowed batch size that ``waiting`` images of ``shape`` fill within the pixel cap."""
+        fits = [n for n in self.batch_sizes if n <= waiting
+                and (not self.max_batch_pixels or n * shape[0] * shape[1] <= self.max_batch_pixels)]
+        return max(fits, default=1)
+
     def _take(self, shape: Shape) -> _Job:
         q = self._pending[shape]
-        size = max(n for n in self.batch_sizes if n <= len(q))
+        size = self.batch_size_for(shape, len(q))
         items = [q.popleft() for _ in range(size)]
         if not q:
             del self._pending[shape]
@@ -258,13 +268,12 @@ class DynamicBatcher:
     def _worker(self, ready: asyncio.Future) -> None:
         try:
             if self.warmup:
+                # one image of every bucket: kernels are picked and compiled (oneDNN primitives, OpenVINO shape
+                # caches, cuDNN plans) before /readyz says ready. No full batches: pre-sizing memory pools for
+                # the largest shapes would hold that memory for good.
                 for h, w in self.buckets:
                     self.engine.infer(np.zeros((1, 3, h, w), dtype=np.float32))
                     self.warmed_buckets += 1
-                # a full batch of the largest bucket: engine memory pools (onnxruntime's arena, Paddle's
-                # allocator) reach their working size before the service says ready, not under load
-                h, w = max(self.buckets, key=lambda hw: hw[0] * hw[1])
-                self.engine.infer(np.zeros((self.max_batch_size, 3, h, w), dtype=np.float32))
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             self._loop.call_soon_threadsafe(_settle, ready, None, exc)
             return

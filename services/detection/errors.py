@@ -12,13 +12,12 @@ from services.contracts.http import install_problem_handlers, render
 from services.contracts.problems import Problem
 
 from .batcher import DeadlineExceeded, QueueFull, ShuttingDown
-from .decode import ImageDecodeError
 from .pipeline import InvalidImage
 
 
 class BodyTooLarge(Problem):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, "Request too large", f"the body is over {limit} bytes", type_="request-too-large")
+        super().__init__(413, "Content too large", f"the body is over {limit} bytes", type_="content-too-large")
 
 
 class BodyLimit:
@@ -50,8 +49,6 @@ def status_of(exc: Exception) -> int:
         return exc.status
     if isinstance(exc, InvalidImage):
         return exc.error.status
-    if isinstance(exc, ImageDecodeError):
-        return exc.status
     if isinstance(exc, (QueueFull, ShuttingDown)):
         return 503
     if isinstance(exc, DeadlineExceeded):
@@ -65,8 +62,6 @@ def as_problem(exc: Exception, retry_after_s: int) -> Problem:
     if isinstance(exc, InvalidImage):
         err = exc.error
         return Problem(err.status, err.title, f"images[{exc.index}]: {err}", type_=err.slug)
-    if isinstance(exc, ImageDecodeError):  # about the request as a whole (e.g. its pages)
-        return Problem(exc.status, exc.title, str(exc), type_=exc.slug)
     if isinstance(exc, QueueFull):
         return Problem(503, "Service overloaded", f"{exc}; retry later", type_="overloaded", headers=retry)
     if isinstance(exc, ShuttingDown):
@@ -82,5 +77,5 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def _detection_failure(request: Request, exc: Exception) -> JSONResponse:
         return render(as_problem(exc, retry_after_s), request.url.path)
 
-    for kind in (InvalidImage, ImageDecodeError, QueueFull, ShuttingDown, DeadlineExceeded):
+    for kind in (InvalidImage, QueueFull, ShuttingDown, DeadlineExceeded):
         app.add_exception_handler(kind, _detection_failure)

@@ -12,18 +12,19 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from services.contracts.detect import Box, DetectParams, ImageResult
+from services.contracts.documents import DocumentError, OpenedDocument, TooManyPages, open_document, sniff_document
 
 from .batcher import DynamicBatcher
 from .decode import ImageDecodeError, decode_image
-from .documents import OpenedDocument, TooManyPages, open_document, page_preview, sniff
+from .documents import page_preview, render_page
 from .postprocess import DBPostProcessor, PostprocessConfig
 from .preprocess import NormalizeConfig, ResizeConfig, preprocess
 
 
 class InvalidImage(ValueError):
-    """Image ``index`` of the request could not be used; wraps the decode error."""
+    """Upload ``index`` of the request could not be used; wraps the decode or document error."""
 
-    def __init__(self, index: int, error: ImageDecodeError) -> None:
+    def __init__(self, index: int, error: ImageDecodeError | DocumentError) -> None:
         super().__init__(f"image {index}: {error}")
         self.index = index
         self.error = error
@@ -72,13 +73,13 @@ class Detector:
         return resize, DBPostProcessor(replace(self.postprocess, **overrides))
 
     def _open(self, index: int, data: bytes, params: DetectParams) -> _Source:
-        kind = sniff(data)
+        kind = sniff_document(data)
         if kind is None:
             return _Source(index, data, None)
         try:
             opened = open_document(data, kind, pages=params.page_spec, dpi=params.dpi or self.dpi,
                                    max_pages=self.max_pages, max_pixels=self.max_image_pixels)
-        except ImageDecodeError as exc:
+        except DocumentError as exc:
             raise InvalidImage(index, exc) from exc
         return _Source(index, data, opened)
 
@@ -88,8 +89,8 @@ class Detector:
             if source.document is None:
                 image = decode_image(source.data, self.max_image_pixels)
             else:
-                image = source.document.document.render(page)
-        except ImageDecodeError as exc:
+                image = render_page(source.document, page)
+        except (ImageDecodeError, DocumentError) as exc:
             raise InvalidImage(source.index, exc) from exc
         t1 = time.perf_counter()
         tensor = preprocess(image, resize, self.normalize)

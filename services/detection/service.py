@@ -8,11 +8,12 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 
-from .batcher import DynamicBatcher
-from .engines import create_engine
+from .batcher import DynamicBatcher, all_buckets
+from .engine_selection import guarded_engine
 from .metrics import Metrics
 from .models import ResolvedModel, normalize_config, postprocess_config, resize_config, resolve_model
 from .pipeline import Detector
+from .precision_guard import Selection
 from .settings import DetectionSettings
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 class State(StrEnum):
     STARTING = "starting"
     LOADING = "loading"
+    GUARDING = "guarding"  # quantizing and running the precision guard
     WARMING_UP = "warming_up"
     READY = "ready"
     SETUP_FAILED = "setup_failed"
@@ -37,6 +39,7 @@ class DetectionService:
         self.batcher: DynamicBatcher | None = None
         self.detector: Detector | None = None
         self.engine_info: dict[str, object] = {}
+        self.selection: Selection | None = None
         self.pool = ThreadPoolExecutor(settings.pool_workers, thread_name_prefix="det-cpu")
 
     @property
@@ -48,24 +51,27 @@ class DetectionService:
         try:
             self.state = State.LOADING
             self.model = await asyncio.to_thread(resolve_model, s)
-            engine = create_engine(self.model, s)
+            yml = self.model.inference_yml
+            resize, normalize, postprocess = resize_config(yml, s), normalize_config(yml), postprocess_config(yml, s)
+            self.state = State.GUARDING
+            self.selection = await asyncio.to_thread(guarded_engine, self.model, s, resize, normalize, postprocess,
+                                                     all_buckets(s.bucket_sides))
+            engine = self.selection.engine
             self.batcher = DynamicBatcher(
                 engine, max_batch_size=s.max_batch_size, max_queue_delay_ms=s.max_queue_delay_ms,
-                max_queue_images=s.max_queue_images, bucket_sides=s.bucket_sides, pad_to_buckets=s.bucket_mode == "padded", pow2_batches=s.pow2_batches,
+                max_queue_images=s.max_queue_images, bucket_sides=s.bucket_sides, pad_to_buckets=s.bucket_mode == "padded", pow2_batches=s.pow2_batches, max_batch_pixels=s.max_batch_pixels,
                 engine_workers=s.engine_workers,
                 warmup=s.warmup, on_batch=self.metrics.observe_batch,
             )
-            await asyncio.to_thread(engine.load, self.batcher.buckets, s.max_batch_size)
             self.engine_info = engine.describe()
             self.state = State.WARMING_UP
             await self.batcher.start()
-            yml = self.model.inference_yml
-            self.detector = Detector(self.batcher, self.pool, resize_config(yml, s), normalize_config(yml),
-                                     postprocess_config(yml, s), s.max_image_pixels, s.request_timeout_s,
-                                     max_pages=s.max_pages_per_request, dpi=s.document_dpi)
+            self.detector = Detector(self.batcher, self.pool, resize, normalize, postprocess,
+                                     s.limits.max_image_pixels, s.request_timeout_s,
+                                     max_pages=s.limits.max_pages, dpi=s.limits.document_dpi)
             self.state = State.READY
-            log.info("detection ready: model %s (%s) on %s", self.model.display_name, self.model.source,
-                     self.engine_info)
+            log.info("detection ready: model %s (%s) at %s on %s", self.model.display_name, self.model.source,
+                     self.precision, self.engine_info)
         except Exception as exc:
             log.exception("detection service setup failed")
             self.error = f"{type(exc).__name__}: {exc}"
@@ -76,6 +82,10 @@ class DetectionService:
         if self.batcher is not None:
             await self.batcher.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def precision(self) -> str:
+        return self.selection.precision if self.selection is not None else "fp32"
 
     def readiness(self) -> dict[str, object]:
         body: dict[str, object] = {"ready": self.ready, "state": str(self.state)}
@@ -90,11 +100,19 @@ class DetectionService:
                                    f"serving {m.name} instead")
         if self.engine_info:
             body["engine"] = self.engine_info
+        if self.selection is not None:
+            sel = self.selection
+            body["precision"] = {
+                "requested": self.settings.precision, "serving": sel.precision, "engine": sel.label,
+                "reason": sel.reason, "guard_seconds": round(sel.seconds, 2),
+                "tried": [t.model_dump(exclude_none=True) for t in sel.trials],
+            }
         if self.batcher is not None:
             b = self.batcher
             body["buckets"] = {"mode": self.settings.bucket_mode, "sides": b.bucket_sides,
                                "total": len(b.buckets), "warmed": b.warmed_buckets // b.engine_workers}
             body["queue_depth"] = self.batcher.queue_depth
+        body["limits"] = self.settings.limits.model_dump()
         if self.detector is not None:
             d = self.detector
             body["defaults"] = {"limit_side_len": d.resize.limit_side_len, "limit_type": d.resize.limit_type,

@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.contracts.limits import UploadLimits
 
 PADDLEX_MODEL_URL = (
     "https://paddle-model-ecology.bj.bcebos.com/paddlex/official_inference_model/paddle3.0.0/{name}_infer.tar"
@@ -31,12 +33,13 @@ class DetectionSettings(BaseSettings):
     allow_fallback: bool = True
 
     # --- engine
-    engine: Literal["auto", "paddle", "onnxruntime", "torch"] = "auto"
+    engine: Literal["auto", "paddle", "onnxruntime", "openvino", "torch"] = "auto"  # the fp32 engine
     device: Literal["cpu", "gpu"] = "cpu"
     gpu_id: int = Field(0, ge=0)
     cpu_threads: int = Field(0, ge=0)  # 0: every core
-    engine_workers: int = Field(2, ge=1, le=16)  # engine threads (one Paddle predictor each): one batch's
-    # copies and bookkeeping overlap another's compute
+    # engine threads (one Paddle predictor each). On CPU one: the engine's own threads use every core, and each
+    # extra worker holds one more batch of activations. On GPU two: one batch's copies overlap another's compute.
+    engine_workers: int = Field(1, ge=1, le=16)
     paddle_onednn: bool = True
     onednn_cache_capacity: int = Field(256, ge=1)  # input shapes whose oneDNN primitives stay cached
     ort_spin: bool = False  # let onnxruntime's idle threads spin (faster alone, slower beside the CPU pool)
@@ -49,10 +52,28 @@ class DetectionSettings(BaseSettings):
     torch_channels_last: bool = True
     torch_random_weights: bool = False  # benchmarking an architecture without its weights
 
+    # --- precision: reduced precisions serve only after the precision guard compared them with fp32
+    # auto: the fastest precision that passes the guard; fp32: exact (no guard, boxes as PaddleOCR's);
+    # bf16 / fp16 / int8: that one if it passes, else the next down the chain int8 -> fp16 -> bf16 -> fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    int8_methods: list[Literal["nncf", "ort_qdq"]] = ["nncf", "ort_qdq"]  # int8 builds to try (CPU)
+    calibration_images: int = Field(32, ge=1, le=512)  # rendered calibration images for int8 quantization
+    guard_images: int = Field(32, ge=1, le=512)  # rendered validation images the guard runs
+    guard_real_images: bool = True  # also scikit-image's page() and text() photographs
+    guard_max_hmean_drop: float = Field(0.005, ge=0, le=1)
+    guard_min_match_rate: float = Field(0.98, ge=0, le=1)  # share of fp32's boxes matched at IoU >= 0.5
+    textset_max_side: int = Field(960, ge=128, le=4096)  # largest side of rendered calibration/validation images
+    data_dir: Path = Field(Path("./data"), validation_alias=AliasChoices("DETBOOTH_DETECTION_DATA_DIR",
+                                                                         "DETBOOTH_DATA_DIR", "data_dir"))
+    quantized_cache_dir: Path | None = None  # default: <data_dir>/detection/quantized
+
     # --- batching
     max_batch_size: int = Field(8, ge=1, le=256)
     pow2_batches: bool = True  # batch sizes 1, 2, 4, 8, ...: fewer shapes for engines to compile and cache
     max_queue_delay_ms: float = Field(4.0, ge=0, le=1000)
+    # a batch's images x H x W at most this (0: no cap): bounds the engine's peak memory on CPU, where batches
+    # bigger than ~1 Mpx also run no faster per image (caches). A single larger image still runs alone.
+    max_batch_pixels: int = Field(1 << 20, ge=0)
     max_queue_images: int = Field(256, ge=1)
     # exact: a batch holds images of one resized shape, unpadded, so every box equals PaddleOCR's (PP-OCR nets
     # have squeeze-excitation / global pooling, so padding changes the whole probability map, not just its edge).
@@ -65,12 +86,8 @@ class DetectionSettings(BaseSettings):
     retry_after_s: int = Field(1, ge=1)
     cpu_pool_workers: int = Field(0, ge=0)  # decode/resize/post-process threads; 0: cores + 2
 
-    # --- input limits
-    max_images_per_request: int = Field(16, ge=1)
-    max_image_pixels: int = Field(40_000_000, ge=1)  # per image, and per PDF/TIFF page as rendered
-    max_pages_per_request: int = Field(32, ge=1)  # results per request: images + selected document pages
-    document_dpi: int = Field(144, ge=18, le=1200)  # PDF pages render at this dpi unless a request says
-    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # --- input: files, bytes, pixels and pages per request come from the variables the gateway reads too
+    limits: UploadLimits = Field(default_factory=UploadLimits)
 
     # --- pre/post-processing defaults (a model's inference.yml overrides the ones it names)
     limit_side_len: int | None = Field(None, ge=32)
@@ -96,6 +113,10 @@ class DetectionSettings(BaseSettings):
         if self.max_queue_images < self.max_batch_size:
             raise ValueError("max_queue_images must be at least max_batch_size")
         return self
+
+    @property
+    def quantized_cache(self) -> Path:
+        return self.quantized_cache_dir or self.data_dir / "detection" / "quantized"
 
     @property
     def threads(self) -> int:

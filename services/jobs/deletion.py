@@ -13,8 +13,7 @@ import time
 
 from services.contracts.jobs import Job, JobStatus, JobType
 from services.jobs.artifacts import ArtifactStore
-from services.jobs.store import JobNotFound, TransitionRefused
-from services.jobs.store import JobStore as JobSystem
+from services.jobs.interface import JobNotFound, JobSystem, TransitionRefused
 
 log = logging.getLogger(__name__)
 MODEL_PARTS = ("model", "model.json")

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from services.jobs.artifacts import ArtifactStore
-from services.jobs.store import JobStore as JobSystem
+from services.jobs.interface import JobSystem
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,14 @@ def ensure_indexed(system: JobSystem, artifacts: ArtifactStore) -> ReindexReport
 
 
 def main(argv: list[str] | None = None) -> int:
+    from services.jobs.redis_system import RedisJobSystem
     from services.jobs.settings import JobSettings
-    from services.jobs.store import store_from_settings
 
     parser = argparse.ArgumentParser(prog="python -m services.jobs.reindex", description=__doc__.split("\n")[0])
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = JobSettings()
-    report = reindex(store_from_settings(settings), ArtifactStore(settings.artifacts_location))
+    report = reindex(RedisJobSystem.from_settings(settings), ArtifactStore(settings.artifacts_location))
     print(json.dumps({"models_registered": report.models_registered, "models_already_known": report.models_known,
                       "owners": sorted(report.owners), "bytes": report.bytes_counted,
                       "unreadable": report.unreadable}))

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.jobs.artifacts import ArtifactStore
-from services.jobs.store import JobStore as JobSystem
+from services.jobs.interface import JobSystem
 from services.jobs.reindex import ensure_indexed
 
 log = logging.getLogger(__name__)

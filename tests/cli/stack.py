@@ -33,6 +33,7 @@ def start_detection(env: dict[str, str], log_dir: Path) -> tuple[Proc, str]:
         "DETBOOTH_DETECTION_BUCKET_SIDES": "[320, 480, 640]",
         "DETBOOTH_DETECTION_CPU_THREADS": "2",
         "DETBOOTH_DETECTION_MAX_QUEUE_DELAY_MS": "5",
+        "DETBOOTH_DETECTION_PRECISION": "fp32",  # no quantization + guard at start
     }
     proc = Proc("detection", python_cmd("-m", "services.detection"), env, log_dir)
     url = f"http://127.0.0.1:{port}"

@@ -15,7 +15,7 @@ from PIL import Image
 from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
 from services.contracts.jobs import JobStatus, JobType, Progress
-from services.jobs.store import JobStore
+from services.jobs.redis_system import RedisJobSystem
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
 from tests.procs import ROOT
@@ -122,7 +122,7 @@ def test_usage_errors_exit_2_as_a_process_too(stack):
 
 def test_a_closed_pipe_exits_quietly(stack):
     """`detbooth jobs list | head`: the reader goes away before the CLI writes; no error, no traceback."""
-    store = JobStore(
+    store = RedisJobSystem(
         redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
     )
     for _ in range(3):  # never queued: only listed
@@ -374,7 +374,7 @@ def test_detect_a_pdf_with_pages_draws_each_page(run, tmp_path):
 
 def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     """This test plays the worker through the job store, so the progress events are known."""
-    store = JobStore(
+    store = RedisJobSystem(
         redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
     )
     job, _ = store.create(JobType.finetune, owner_of(hash_key("key-alice")), {"config": {}})  # never queued

@@ -9,7 +9,7 @@ import redis
 from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
 from services.contracts.jobs import JobType
-from services.jobs.store import JobStore
+from services.jobs.redis_system import RedisJobSystem
 from tests.integration.conftest import base_env
 from tests.procs import start_gateway
 
@@ -21,7 +21,7 @@ def gateway(redis_server, logs_dir, tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     env = base_env(redis_server, data)
     proc, url = start_gateway(env, logs_dir)
-    store = JobStore(redis.Redis.from_url(redis_server), prefix=env["DETBOOTH_KEY_PREFIX"])
+    store = RedisJobSystem(redis.Redis.from_url(redis_server), prefix=env["DETBOOTH_KEY_PREFIX"])
     yield url, store, Path(data) / "artifacts"
     proc.stop()
 

@@ -130,7 +130,8 @@ def small_stack_env(tmp_path) -> tuple[dict[str, str], list[int]]:
                 "DETBOOTH_GATEWAY_PORT": str(gw), "DETBOOTH_DETECTION_PORT": str(det),
                 "DETBOOTH_DETECTION_BUCKET_SIDES": "[320]", "DETBOOTH_DETECTION_ALLOW_DOWNLOAD": "false",
                 "DETBOOTH_DETECTION_PADDLEX_CACHE_DIR": str(tmp_path / "no-paddlex-cache"),
-                "DETBOOTH_DETECTION_CPU_THREADS": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+                "DETBOOTH_DETECTION_CPU_THREADS": "1", "DETBOOTH_DETECTION_PRECISION": "fp32",
+                "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     return env, [gw, det, rds]
 
 

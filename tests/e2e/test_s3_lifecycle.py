@@ -91,7 +91,7 @@ def test_finetune_generate_recover_delete_on_s3(s3_stack, redis_client):
     assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", r.text
     # gen's record was lost with Redis: its images are an orphan that the sweeper removes (grace 0 here)
     from services.jobs.artifacts import ArtifactStore
-    from services.jobs.store import store_from_settings
+    from services.jobs.redis_system import RedisJobSystem
     from services.jobs.settings import JobSettings
     from services.jobs.sweeper import sweep
 
@@ -101,7 +101,7 @@ def test_finetune_generate_recover_delete_on_s3(s3_stack, redis_client):
     try:
         settings = JobSettings(redis_url=env["DETBOOTH_REDIS_URL"], key_prefix=env["DETBOOTH_KEY_PREFIX"],
                                artifacts_url=env["DETBOOTH_ARTIFACTS_URL"])
-        report = sweep(store_from_settings(settings), ArtifactStore(settings.artifacts_location),
+        report = sweep(RedisJobSystem.from_settings(settings), ArtifactStore(settings.artifacts_location),
                        grace_s=0)
     finally:
         for k, v in saved.items():

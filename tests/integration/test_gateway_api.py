@@ -111,6 +111,9 @@ def test_upload_limits(client):
     body = assert_problem(client.post("/detect", headers=ALICE,
                                       json={"images": [base64.b64encode(big).decode()]}), 413)
     assert body["detail"] == "images[0] is larger than 0.95 MiB"
+    body = assert_problem(client.post("/detect", headers=ALICE, files=[("images", ("b.png", big, "image/png"))]),
+                          413)
+    assert body["detail"] == "b.png is larger than 0.95 MiB"
 
     def chunked():  # no Content-Length: refused while reading
         yield (b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
@@ -235,11 +238,12 @@ def test_models_lists_base_and_fine_tunes_with_their_creation_time(client, gatew
     import redis
 
     from gateway.auth import hash_key, owner_of
-    from services.jobs.store import JobStore
+    from services.jobs.redis_system import RedisJobSystem
 
     models = client.get("/models", headers=ALICE).json()["models"]
     assert models[0]["id"] == "base" and models[0]["kind"] == "base"
-    store = JobStore(redis.Redis.from_url(gateway[1]["DETBOOTH_REDIS_URL"]), prefix=gateway[1]["DETBOOTH_KEY_PREFIX"])
+    store = RedisJobSystem(redis.Redis.from_url(gateway[1]["DETBOOTH_REDIS_URL"]),
+                           prefix=gateway[1]["DETBOOTH_KEY_PREFIX"])
     before = datetime.datetime.now(datetime.UTC)
     store.register_model(owner_of(hash_key("key-alice")), "m-new", {"method": "lora", "instance_prompt": "sks"})
     tuned = [m for m in client.get("/models", headers=ALICE).json()["models"] if m["id"] == "m-new"]

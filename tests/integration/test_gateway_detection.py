@@ -48,6 +48,7 @@ def test_detect_multipart_and_json_pass_through(gateway, detection):
     assert r.status_code == 200, r.text
     body = r.json()
     assert "fallback" in body["model"] and len(body["results"]) == 2
+    assert body["precision"] == "fp32"  # passed through from the detection service
     first = body["results"][0]
     assert (first["width"], first["height"]) == (480, 200) and len(first["boxes"]) == 2
     assert all(0 < b["score"] <= 1 and len(b["points"]) == 4 for b in first["boxes"])

@@ -11,7 +11,7 @@ from PIL import Image
 
 from gateway.main import create_app
 from gateway.settings import GatewaySettings
-from services.jobs.store import store_from_settings
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.settings import JobSettings
 from tests.webhook_receiver import SECRET
 
@@ -38,7 +38,7 @@ def make(redis_server, key_prefix, tmp_path):
         c = TestClient(create_app(settings, jobs))
         c.__enter__()
         clients.append(c)
-        return c, store_from_settings(jobs)
+        return c, RedisJobSystem.from_settings(jobs)
 
     yield make
     for c in clients:

@@ -10,7 +10,7 @@ import redis
 
 from gateway.auth import hash_key, owner_of
 from services.contracts.jobs import JobStatus, JobType, Progress
-from services.jobs.store import JobStore
+from services.jobs.redis_system import RedisJobSystem
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
 from tests.ui.conftest import login, shot
@@ -164,7 +164,7 @@ def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path
 
 def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
     """This test plays the worker through the job store, so progress arrives step by step at its own pace."""
-    store = JobStore(
+    store = RedisJobSystem(
         redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
     )
     config = {
@@ -267,7 +267,8 @@ def test_jobs_and_models_can_be_deleted(page, stack):
     r = httpx.post(f"{stack.url}/generate", headers=ALICE,
                    json={"prompt": "to delete", "num_inference_steps": 1, "width": 64, "height": 64})
     job_id = r.json()["id"]
-    store = JobStore(redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"])
+    store = RedisJobSystem(redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]),
+                           prefix=stack.env["DETBOOTH_KEY_PREFIX"])
     model_id = "d" * 32
     store.register_model(owner_of(hash_key("key-alice")), model_id, {"method": "lora", "instance_prompt": "sks"})
     page.on("dialog", lambda d: d.accept())  # the confirm() before each deletion

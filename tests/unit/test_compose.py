@@ -107,3 +107,16 @@ def test_compose_refuses_to_run_without_api_keys(tmp_path):
     out = subprocess.run([str(compose_binary()), "-f", str(ROOT / "docker-compose.yml"), "config"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "DETBOOTH_API_KEYS" in out.stderr
+
+
+def test_gateway_and_detection_get_the_same_upload_limits(tmp_path):
+    from services.contracts.limits import UploadLimits
+
+    names = {f"DETBOOTH_{name.upper()}" for name in UploadLimits.model_fields}
+    services = compose_config(tmp_path, {"DETBOOTH_MAX_PAGES": "7"})["services"]
+    gateway = {k: v for k, v in services["gateway"]["environment"].items() if k in names}
+    detection = {k: v for k, v in services["detection"]["environment"].items() if k in names}
+    assert set(gateway) == names and gateway == detection and gateway["DETBOOTH_MAX_PAGES"] == "7"
+    defaults = UploadLimits.model_construct()  # the compose defaults are the code's defaults
+    assert {k: int(v) for k, v in gateway.items() if k != "DETBOOTH_MAX_PAGES"} == {
+        f"DETBOOTH_{f.upper()}": getattr(defaults, f) for f in UploadLimits.model_fields if f != "max_pages"}

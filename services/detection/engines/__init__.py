@@ -22,6 +22,13 @@ def create_engine(model: "ResolvedModel", settings: "DetectionSettings") -> Engi
         architecture = TORCH_ARCHITECTURES.get(model.name, model.name)
         weights = model.path if model.format == "torch" else None
         return TorchEngine(architecture, weights, settings)
+    if kind == "openvino":
+        from .openvino_engine import OpenVINOEngine, openvino_readable
+
+        if openvino_readable(model.path) is None:
+            raise ValueError(f"the openvino engine reads .onnx files and Paddle .pdmodel programs; {model.path} "
+                             "is neither")
+        return OpenVINOEngine(model.path, settings, "fp32")
     if kind == "paddle":
         if model.format != "paddle":
             raise ValueError(f"the paddle engine needs a Paddle model folder; {model.path} is {model.format}")

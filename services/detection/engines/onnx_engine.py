@@ -51,6 +51,10 @@ class OnnxEngine(Engine):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Memory must not grow with the number of input shapes served: the CPU arena keeps its peak for good,
+        # and memory patterns are planned and kept per input shape. Without them ORT frees after each run.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         if not self.settings.ort_spin:
             # idle intra-op threads spin by default, taking the cores that decode/post-process share with them
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")

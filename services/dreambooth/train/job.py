@@ -17,6 +17,7 @@ import logging
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ from services.contracts.finetune import (
     FinetuneResult,
     TrainingMetrics,
 )
-from services.contracts.jobs import Job, Progress
+from services.contracts.jobs import Job, Phase, PhaseProgress, Progress
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.interface import JobSystem, TransitionRefused
 from services.jobs.lifecycle import JobCanceled, JobFailed
-from services.jobs.store import JobStore, TransitionRefused
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,50 @@ def load_instance_images(job: Job, artifacts: ArtifactStore, config: FinetuneCon
 
 
 class _Reporter:
-    def __init__(self, store: JobStore, job_id: str):
+    """A fine-tune's progress: which phase it is in and each phase's step, total, ETA and rate. The top-level
+    step/total/eta stay the training steps (the job's main measure); the latest training metrics ride along."""
+
+    def __init__(self, store: JobSystem, job_id: str, training_total: int):
         self.store, self.job_id = store, job_id
+        self.training_total = training_total
+        self.phase: Phase | None = None
+        self.phases: dict[Phase, PhaseProgress] = {}
+        self.metrics: dict[str, float] = {}
+        self._started: tuple[float, int] = (0.0, 0)  # (when, step) the phase began in this run
+
+    def enter(self, phase: Phase, total: int, step: int = 0) -> None:
+        self.phase = phase
+        self._started = (time.monotonic(), step)
+        self.phases[phase] = PhaseProgress(step=step, total=total)
+        self._send()
+
+    def advance(self, step: int, total: int | None = None) -> None:
+        """The current phase reached `step`; its rate and ETA are measured over this run of the phase."""
+        assert self.phase is not None
+        current = self.phases[self.phase]
+        total = current.total if total is None else total
+        t0, step0 = self._started
+        elapsed = time.monotonic() - t0
+        rate = (step - step0) / elapsed if elapsed > 0 and step > step0 else None
+        eta = (total - step) / rate if rate else (0.0 if step >= total else None)
+        self.phases[self.phase] = PhaseProgress(step=step, total=total, eta_s=eta,
+                                                it_per_s=round(rate, 4) if rate else None)
+        self._send()
 
     def __call__(self, step: int, total: int, eta_s: float | None, metrics: dict[str, float]) -> None:
+        """A report of the training loop (train/callbacks.ProgressReporter)."""
+        self.phase = Phase.training
+        self.metrics = metrics
+        self.phases[Phase.training] = PhaseProgress(step=step, total=total, eta_s=eta_s,
+                                                    it_per_s=metrics.get("it_per_s"))
+        self._send()
+
+    def _send(self) -> None:
+        training = self.phases.get(Phase.training, PhaseProgress(total=self.training_total))
+        progress = Progress(step=training.step, total=training.total, eta_s=training.eta_s, phase=self.phase,
+                            phases=self.phases)
         try:
-            self.store.report_progress(self.job_id, Progress(step=step, total=total, eta_s=eta_s), metrics)
+            self.store.report_progress(self.job_id, progress, self.metrics or None)
         except TransitionRefused:
             pass  # the job left `running` (e.g. expired); the cancel check stops training
         except Exception:  # progress is best effort: a Redis blip must not kill a long training run
@@ -88,8 +127,14 @@ class _Reporter:
             log.warning("cancel check for job %s failed", self.job_id, exc_info=True)
             return False
 
+    def class_image_done(self, done: int, total: int) -> None:
+        """After each batch of class images: progress, and a cancel stops the generation there."""
+        self.advance(done, total)
+        if self.should_cancel():
+            raise JobCanceled()
 
-def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_dir: Path,
+
+def run_finetune_job(job: Job, store: JobSystem, artifacts: ArtifactStore, data_dir: Path,
                      base_model_spec: str | None = None, single_file_config: str | None = None,
                      class_cache_bytes: int | None = None) -> dict[str, Any]:
     from services.dreambooth.base_models import BaseModelError, resolve_base_model
@@ -99,6 +144,8 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
     from services.dreambooth.train.run import RunHooks, train_dreambooth
 
     config = job_config(job, artifacts)
+    reporter = _Reporter(store, job.id, config.max_train_steps)
+    reporter.enter(Phase.preparing, total=2)  # 1: config and photos read, 2: base model found
     if config.devices > 1:
         raise JobFailed("invalid_config", "devices: the Celery worker trains on one GPU (run one worker per GPU); "
                                           "multi-GPU DDP runs through `python -m services.dreambooth.train`")
@@ -106,22 +153,24 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
         raise JobFailed("invalid_config", "use_8bit_adam: bitsandbytes is not installed on this worker "
                                           "(pip install bitsandbytes, CUDA only), or set use_8bit_adam to false")
     instance_images = load_instance_images(job, artifacts, config)
+    reporter.advance(1)
     base_spec = config.base_model or base_model_spec or "tiny"
     try:
         base = resolve_base_model(base_spec, data_dir, single_file_config)
     except BaseModelError as e:
         raise JobFailed("base_model_unavailable", str(e)) from None
+    reporter.advance(2)
 
-    reporter = _Reporter(store, job.id)
     class_images = []
     if config.with_prior_preservation:
+        reporter.enter(Phase.class_images, total=config.num_class_images)
         paths = ensure_class_images(
             base, config.class_prompt, config.resolution, config.num_class_images, data_dir / "class_images",
             batch_size=config.class_images_batch_size, inference_steps=config.class_images_inference_steps,
-            on_progress=lambda done, total: reporter(0, config.max_train_steps, None,
-                                                     {"class_images_done": done, "class_images_total": total}),
+            on_progress=reporter.class_image_done,
             max_cache_bytes=class_cache_bytes,
         )
+        reporter.advance(len(paths))  # also when every one came from the cache
         if reporter.should_cancel():
             raise JobCanceled()
         class_images = [load_training_image(p, min_side=1) for p in paths]
@@ -132,7 +181,9 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
     # mirrored as soon as it is written so that a worker on another machine can resume
     workdir = artifacts.local_path(prefix) if local else Path(tempfile.mkdtemp(prefix=f"finetune-{job.id}-"))
     hooks = RunHooks(on_progress=reporter, should_cancel=reporter.should_cancel,
-                     on_checkpoint=None if local else _mirror_checkpoints(artifacts, f"{prefix}/checkpoints"))
+                     on_checkpoint=None if local else _mirror_checkpoints(artifacts, f"{prefix}/checkpoints"),
+                     on_export=lambda: reporter.enter(Phase.exporting, total=1))
+    reporter.enter(Phase.training, total=config.max_train_steps)  # the model loads, then the steps count
     try:
         if not local and artifacts.exists(f"{prefix}/checkpoints"):
             artifacts.download_dir(f"{prefix}/checkpoints", workdir / "checkpoints")
@@ -146,6 +197,7 @@ def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_d
             shutil.rmtree(workdir, ignore_errors=True)
     if result.canceled:
         raise JobCanceled()
+    reporter.advance(1)  # exported (and uploaded)
 
     model_key = f"{prefix}/model" + ("/" + result.model_path.name if config.method == "lora" else "")
     info = {

@@ -51,6 +51,7 @@ class RunHooks:
     should_cancel: Callable[[], bool] | None = None
     callbacks: list[pl.Callback] = field(default_factory=list)
     on_checkpoint: Callable[[Path, list[Path]], None] | None = None  # (saved, pruned) after each save
+    on_export: Callable[[], None] | None = None  # training is over, the export starts
     progress_interval_s: float = 0.5
 
 
@@ -179,6 +180,8 @@ def train_dreambooth(config: FinetuneConfig, base_model: Path, instance_images: 
         return TrainResult(trainer.global_step, True, metrics, resume, kept, None, module)
     if trainer.global_step > 0 and trainer.global_step % config.checkpoint_every:
         checkpoints.save(trainer)  # so a crash during export resumes at the end, not steps before it
+    if hooks is not None and hooks.on_export is not None and export:
+        hooks.on_export()
     model_path = export_model(module, workdir / "model") if export and trainer.is_global_zero else None
     return TrainResult(trainer.global_step, False, metrics, resume, newest_checkpoint(ckpt_dir), model_path,
                        module)

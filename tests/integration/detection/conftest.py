@@ -73,6 +73,7 @@ def service_env(tmp: Path, **overrides: str) -> dict[str, str]:
         "DETBOOTH_DETECTION_CPU_THREADS": "2",
         "DETBOOTH_DETECTION_MAX_BATCH_SIZE": "8",
         "DETBOOTH_DETECTION_MAX_QUEUE_DELAY_MS": "5",
+        "DETBOOTH_DETECTION_PRECISION": "fp32",  # exact and quick to start; test_precision.py covers the guard
     }
     return env | {f"DETBOOTH_DETECTION_{k.upper()}": v for k, v in overrides.items()}
 
@@ -81,9 +82,10 @@ def service_env(tmp: Path, **overrides: str) -> dict[str, str]:
 def start_detection(tmp_path_factory) -> Iterator:
     servers: list[DetectionServer] = []
 
-    def start(**overrides: str) -> DetectionServer:
+    def start(env: dict[str, str] | None = None, **overrides: str) -> DetectionServer:
+        """``overrides`` are DETBOOTH_DETECTION_* settings; ``env`` other variables (e.g. the shared limits)."""
         tmp = tmp_path_factory.mktemp("detection")
-        server = DetectionServer(service_env(tmp, **overrides), tmp / "service.log")
+        server = DetectionServer(service_env(tmp, **overrides) | (env or {}), tmp / "service.log")
         servers.append(server)
         server.readiness = server.wait_ready()
         return server

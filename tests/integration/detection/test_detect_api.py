@@ -40,6 +40,7 @@ def test_readyz_reports_the_offline_fallback(detection):
     assert body["model"]["served"] == "PP-OCRv5_mobile_det" and "FALLBACK MODEL" in body["warning"]
     assert body["buckets"] == {"mode": "exact", "total": 9, "warmed": 9, "sides": [320, 480, 640]}
     assert body["engine"]["engine"] == "onnxruntime"
+    assert body["precision"]["requested"] == body["precision"]["serving"] == "fp32"
     assert "FALLBACK MODEL" in detection.log()
     assert httpx.get(f"{detection.url}/healthz").json()["status"] == "ok"
 
@@ -50,6 +51,7 @@ def test_finds_the_rendered_lines(detection):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "PP-OCRv5_mobile_det (fallback: PP-OCRv5_server_det unavailable)"
+    assert body["precision"] == "fp32"
     assert len(body["results"]) == 6
     for (img, truth), result in zip(cases, body["results"]):
         assert (result["width"], result["height"]) == (480, 320)
@@ -78,7 +80,9 @@ def test_boxes_equal_rapidocrs_detector_on_the_same_model(detection):
     })._load_det_model()
     images = [render_lines(seed, w, h)[0] for seed, (w, h) in enumerate([(480, 320), (640, 480), (300, 200)])]
     images.append(cv2.cvtColor(skimage.data.page(), cv2.COLOR_GRAY2BGR))
-    results = post(detection.url, [encode(img) for img in images]).json()["results"]
+    body = post(detection.url, [encode(img) for img in images]).json()
+    assert body["precision"] == "fp32"  # DETBOOTH_DETECTION_PRECISION=fp32: exact, as PaddleOCR's
+    results = body["results"]
     compared = 0
     for image, result in zip(images, results):
         ref = reference(image)
@@ -202,7 +206,7 @@ def bad_inputs() -> dict:
         "truncated": (lambda u: post(u, [png[: len(png) // 2]]), 422, "corrupt-image"),
         "too many pixels": (lambda u: post(u, [png_header_only(8000, 8000)]), 413, "too-many-pixels"),
         "decompression bomb": (lambda u: post(u, [png_header_only(100_000, 100_000)]), 413, "too-many-pixels"),
-        "too many images": (lambda u: post(u, [good] * 17), 413, "too-many-images"),
+        "too many images": (lambda u: post(u, [good] * 17), 413, "too-many-files"),
         "bad parameter": (lambda u: post(u, [good], thresh="high", box_type="circle"), 422, "validation-error"),
         "unknown parameter": (lambda u: post(u, [good], colour="red"), 422, "validation-error"),
         "no images": (lambda u: httpx.post(f"{u}/v1/detect", files=[("other", ("a", good))]), 422,

@@ -82,7 +82,8 @@ def test_sigterm_finishes_in_flight_requests(tmp_path):
 
 
 def test_request_body_limit_holds_without_content_length(start_detection):
-    server = start_detection(max_request_bytes="200000", bucket_sides="[320]")
+    server = start_detection(env={"DETBOOTH_MAX_TOTAL_BYTES": "200000", "DETBOOTH_MAX_FILE_BYTES": "100000"},
+                             bucket_sides="[320]")
     big = os.urandom(300_000)
 
     def chunks():
@@ -90,7 +91,7 @@ def test_request_body_limit_holds_without_content_length(start_detection):
             yield big[i:i + 50_000]
 
     r = httpx.post(f"{server.url}/v1/detect", content=chunks(), headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json()["type"] == "urn:detbooth:problem:request-too-large"
+    assert r.status_code == 413 and r.json()["type"] == "urn:detbooth:problem:content-too-large"
     r = httpx.post(f"{server.url}/v1/detect", files=[("images", ("a.bin", big))])  # with Content-Length
     assert r.status_code == 413
     img = encode(render_lines(1, 160, 96, lines=1)[0])

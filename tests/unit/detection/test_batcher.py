@@ -53,7 +53,7 @@ def test_bucket_for():
     assert len(all_buckets(sides)) == 9
 
 
-def test_warms_every_bucket_on_every_engine_thread():
+def test_warms_every_bucket_on_every_engine_thread_one_image_each():
     engine = MeanEngine()
 
     async def main():
@@ -63,10 +63,30 @@ def test_warms_every_bucket_on_every_engine_thread():
         return b
 
     b = run(main())
-    # each thread: batch 1 of every bucket, then one full batch of the largest (memory pools at working size)
-    expected = [(1, 3, h, w) for h, w in all_buckets([32, 64])] + [(b.max_batch_size, 3, 64, 64)]
+    # each thread: batch 1 of every bucket, and no full batch (that would pre-size memory pools for good)
+    expected = [(1, 3, h, w) for h, w in all_buckets([32, 64])]
     assert sorted(engine.calls) == sorted(expected * 2)
     assert b.warmed_buckets == 8 and len(engine.threads) == 2
+
+
+def test_batch_pixel_cap_bounds_every_batch():
+    engine = MeanEngine(delay_s=0.05)
+    shapes = [(64, 64)] * 8 + [(128, 128)] * 3
+
+    async def main():
+        b = DynamicBatcher(engine, max_batch_size=8, max_queue_delay_ms=50, bucket_sides=[32], warmup=False,
+                           max_batch_pixels=4 * 64 * 64)
+        assert b.batch_size_for((64, 64), 100) == 4 and b.batch_size_for((128, 128), 100) == 1
+        assert b.batch_size_for((256, 256), 5) == 1  # a single image over the cap still runs
+        await b.start()
+        results = await asyncio.gather(*(b.infer(tensor(h, w, i), 10) for i, (h, w) in enumerate(shapes)))
+        await b.stop()
+        return results
+
+    results = run(main())
+    assert [r[0].shape for r in results] == shapes
+    assert all(n * h * w <= 4 * 64 * 64 for n, _, h, w in engine.calls)
+    assert max(n for n, _, h, w in engine.calls if h == 64) == 4  # the cap, not the max batch size, bounds it
 
 
 def test_concurrent_images_share_batches_and_results_are_cropped_back():

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.detection.decode import ImageDecodeError
-from services.detection.documents import (CorruptDocument, EmptyDocument, EncryptedDocument, PageOutOfRange,
-                                          PageTooLarge, TooManyPages, iter_pages, open_document, page_preview,
-                                          sniff)
+from services.contracts.documents import (CorruptDocument, DocumentError, EmptyDocument, EncryptedDocument,
+                                          PageOutOfRange, PageTooLarge, TooManyPages, open_document, sniff_document)
 from services.contracts.page_spec import parse_page_spec
+from services.detection.documents import iter_pages, page_preview, render_page
 from tests.detection_support import render_lines
 from tests.document_support import (blank_pdf, empty_pdf, encrypted_pdf, image_pdf, multipage_tiff, pil_from_bgr,
                                     render_page_png, vector_pdf)
@@ -24,11 +23,11 @@ def text_pdf() -> bytes:
 
 
 def test_sniff():
-    assert sniff(b"%PDF-1.7\n...") == "pdf" and sniff(b"\r\n %PDF-1.4") == "pdf"
+    assert sniff_document(b"%PDF-1.7\n...") == "pdf" and sniff_document(b"\r\n %PDF-1.4") == "pdf"
     tiff = multipage_tiff([Image.new("RGB", (8, 8))])
-    assert sniff(tiff) == "tiff"
-    assert sniff(pil_bytes(Image.new("RGB", (8, 8)), "PNG")) is None and sniff(b"") is None
-    assert sniff(b"plain text mentioning %PDF-1.4") is None
+    assert sniff_document(tiff) == "tiff"
+    assert sniff_document(pil_bytes(Image.new("RGB", (8, 8)), "PNG")) is None and sniff_document(b"") is None
+    assert sniff_document(b"plain text mentioning %PDF-1.4") is None
 
 
 def test_pages_render_at_the_dpi_as_pdfium_renders_them(text_pdf):
@@ -97,7 +96,7 @@ def test_caps_are_checked_before_rendering():
     assert info.value.status == 413
     opened = open_document(many, "pdf", pages=parse_page_spec("9999-"), dpi=144, max_pages=32,
                            max_pixels=40_000_000)
-    assert opened.pages == [9999, 10_000] and opened.document.render(10_000).shape == (200, 200, 3)
+    assert opened.pages == [9999, 10_000] and render_page(opened, 10_000).shape == (200, 200, 3)
     opened.close()
 
     huge = blank_pdf(1, (100_000.0, 100_000.0))
@@ -133,8 +132,8 @@ def test_a_closed_document_refuses_to_render(text_pdf):
     opened = open_document(text_pdf, "pdf", pages=None, dpi=72, max_pages=8, max_pixels=10**7)
     opened.close()
     opened.close()  # twice is harmless
-    with pytest.raises(ImageDecodeError, match="closed"):
-        opened.document.render(1)
+    with pytest.raises(DocumentError, match="closed"):
+        render_page(opened, 1)
 
 
 def test_page_preview_is_a_jpeg_no_larger_than_asked(text_pdf):

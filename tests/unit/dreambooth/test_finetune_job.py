@@ -20,12 +20,11 @@ from PIL import Image
 
 from detbooth_client.cli import ProgressBar, progress_metrics
 from services.contracts.finetune import FinetuneConfig
-from services.contracts.jobs import JobStatus, JobType
+from services.contracts.jobs import JobStatus, JobType, new_job_id
 from services.dreambooth import tasks
 from services.jobs.artifacts import ArtifactStore
-from services.jobs.heartbeat import lease_key
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.settings import JobSettings
-from services.jobs.store import JobStore, new_job_id
 
 CONFIG = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog", "resolution": 64,
           "max_train_steps": 4, "checkpoint_every": 2, "keep_last_checkpoints": 1, "mixed_precision": "32",
@@ -44,7 +43,7 @@ def _png(color, size=(72, 64)) -> bytes:
     return buf.getvalue()
 
 
-def create_job(store: JobStore, artifacts: ArtifactStore, config: dict, images: list[bytes] | None = None,
+def create_job(store: RedisJobSystem, artifacts: ArtifactStore, config: dict, images: list[bytes] | None = None,
                owner: str = "owner-1"):
     job_id = new_job_id()
     images = images if images is not None else [_png((200, 30 * i, 40)) for i in range(3)]
@@ -67,6 +66,24 @@ def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env, tin
     assert last["progress"]["total"] == 4 and {"loss", "loss_instance", "loss_prior", "it_per_s", "lr"} <= \
         set(last["metrics"])
     assert [e.data["status"] for e in events if e.event == "status"] == ["queued", "running", "succeeded"]
+    # every phase in order, each with its own step, total and ETA, in the events and in the job record
+    reports = [e.data["progress"] for e in events if e.event == "progress"]
+    order = [r["phase"] for r in reports]
+    assert [ph for i, ph in enumerate(order) if i == 0 or order[i - 1] != ph] == \
+        ["preparing", "class_images", "training", "exporting"], order
+    class_steps = [(r["phases"]["class_images"]["step"], r["phases"]["class_images"]["total"]) for r in reports
+                   if r["phase"] == "class_images"]
+    assert class_steps[0] == (0, 2) and class_steps[-1] == (2, 2), class_steps
+    during = [r for r in reports if r["phase"] == "class_images" and r["phases"]["class_images"]["step"] == 2]
+    assert during[0]["phases"]["class_images"]["eta_s"] == 0 and during[0]["phases"]["class_images"]["it_per_s"] > 0
+    assert during[0]["step"] == 0 and during[0]["total"] == 4  # the top level stays the training steps
+    phases = job.progress.phases
+    assert job.progress.phase == "exporting" and set(phases) == {"preparing", "class_images", "training",
+                                                                 "exporting"}
+    assert (phases["preparing"].step, phases["preparing"].total) == (2, 2)
+    assert (phases["training"].step, phases["training"].total, phases["training"].eta_s) == (4, 4, 0)
+    assert phases["training"].it_per_s > 0
+    assert (phases["exporting"].step, phases["exporting"].total) == (1, 1) and phases["exporting"].eta_s is not None
     # what `detbooth jobs watch` draws from that real event: the iterations per second are shown
     out = io.StringIO()
     ProgressBar(out).update(4, 4, progress_metrics(last), None)
@@ -93,6 +110,31 @@ def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env, tin
     assert model["instance_prompt"] == "a photo of sks dog" and model["lora"] == {"rank": 4, "alpha": 4.0}
     assert model["base_model"] == str(tiny_sd) and model["prediction_type"] == "epsilon"
     assert len(os.listdir(settings.data_dir / "class_images")) == 1  # generated once, cached
+
+
+def test_cancel_while_class_images_are_made_stops_there(env):
+    """A cancel is honoured between batches of class images, not only once training runs."""
+    store, artifacts, settings = env
+    job = create_job(store, artifacts, {**CONFIG, "class_prompt": "a photo of a cat", "num_class_images": 60})
+
+    def cancel_when_making_class_images():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            progress = store.get(job.id).progress
+            if progress.phase == "class_images" and progress.phases["class_images"].step >= 2:
+                store.cancel(job.id)
+                return
+            time.sleep(0.05)
+
+    canceller = threading.Thread(target=cancel_when_making_class_images)
+    canceller.start()
+    tasks.finetune(job.id)
+    canceller.join()
+    job = store.get(job.id)
+    assert job.status == JobStatus.canceled and job.progress.phase == "class_images"
+    made = list((settings.data_dir / "class_images").glob("*/*.png"))
+    assert 2 <= len(made) < 60
+    assert "training" not in job.progress.phases
 
 
 def test_cancel_stops_training_and_keeps_the_last_checkpoint(env):
@@ -124,7 +166,7 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     store, artifacts, settings = env
     job = create_job(store, artifacts, {**CONFIG, "with_prior_preservation": False, "max_train_steps": 10,
                                         "checkpoint_every": 2, "keep_last_checkpoints": 2})
-    worker_env = {**os.environ, "DETBOOTH_DATA_DIR": str(settings.data_dir), "DETBOOTH_KEY_PREFIX": store.prefix,
+    worker_env = {**os.environ, "DETBOOTH_DATA_DIR": str(settings.data_dir), "DETBOOTH_KEY_PREFIX": settings.key_prefix,
                   "DETBOOTH_SD_BASE_MODEL": str(tiny_sd), "DETBOOTH_REDIS_URL": settings.redis_url,
                   "DETBOOTH_TASK_HEARTBEAT_S": "0.5", "DETBOOTH_JOB_LEASE_S": "2"}
     worker = subprocess.Popen([sys.executable, "-c", f"from services.dreambooth import tasks; tasks.finetune({job.id!r})"],
@@ -142,7 +184,7 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     newest = max(int(k.rsplit("-", 1)[1].split(".")[0]) for k in artifacts.list(f"jobs/{job.id}/checkpoints"))
 
     deadline = time.monotonic() + 10  # the dead worker's job lease lapses (before Celery would redeliver)
-    while store.r.exists(lease_key(store.prefix, job.id)) and time.monotonic() < deadline:
+    while store.lease(job.id, 1).holder() is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     tasks.finetune(job.id)  # Celery delivers the unacknowledged task again
     job = store.get(job.id)

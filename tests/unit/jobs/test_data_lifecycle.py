@@ -9,7 +9,7 @@ import redis
 
 from services.jobs.artifacts import ArtifactStore
 from services.jobs.deletion import settle_artifacts
-from services.jobs.store import JobStore
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.reindex import reindex
 from services.jobs.sweeper import sweep
 from services.contracts.jobs import JobType
@@ -17,7 +17,7 @@ from services.contracts.jobs import JobType
 
 @pytest.fixture
 def system(redis_server, key_prefix):
-    return JobStore(redis.Redis.from_url(redis_server), prefix=key_prefix)
+    return RedisJobSystem(redis.Redis.from_url(redis_server), prefix=key_prefix)
 
 
 @pytest.fixture

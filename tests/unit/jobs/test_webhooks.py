@@ -8,7 +8,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from services.jobs.store import JobStore
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.webhooks import (
     WebhookDispatcher,
     WebhookEvent,
@@ -30,7 +30,7 @@ def receiver():
 
 @pytest.fixture
 def outbox(redis_server, key_prefix):
-    outbox = JobStore(redis.Redis.from_url(redis_server), key_prefix).webhooks
+    outbox = RedisJobSystem(redis.Redis.from_url(redis_server), key_prefix).webhooks
     outbox.progress_interval_s = 60
     return outbox
 
@@ -132,7 +132,7 @@ def test_emit_never_raises_when_redis_is_gone():
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    dead = JobStore(redis.Redis(port=9, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), "x").webhooks
+    dead = RedisJobSystem(redis.Redis(port=9, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), "x").webhooks
     assert emit(dead, fake_job("http://127.0.0.1:9/x"), WebhookEvent.completed) is None
 
 
