@@ -28,9 +28,8 @@ async def whoami(state: State, owner: Caller) -> WhoAmI:
     limits: dict[str, int | float | None] = {
         "rate_limit_per_minute": s.rate_limit_per_minute,
         "storage_quota_bytes": s.storage_quota_bytes,
-        "max_file_bytes": s.max_file_bytes,
-        "max_files": s.max_files,
-        "max_total_bytes": s.max_total_bytes,
+        **s.limits.model_dump(include={"max_files", "max_file_bytes", "max_total_bytes", "max_image_pixels",
+                                       "max_pages"}),
         "max_wait_s": s.max_wait_s,
     }
     for name in ("max_active_finetunes", "max_active_generates", "max_train_steps", "max_class_images",
