@@ -7,6 +7,7 @@ Keys are relative POSIX paths such as `jobs/<id>/images/0.png`; a key that could
 import posixpath
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import IO
@@ -117,12 +118,21 @@ class ArtifactStore:
             return []
         return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(base, detail=False))
 
-    def delete(self, prefix: str) -> None:
-        path = self._fresh(self._path(prefix))
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
-        if not self.is_local:
-            self.fs.invalidate_cache(path)
+    def delete(self, prefix: str, attempts: int = 5) -> bool:
+        """Remove everything under `prefix`; True when it is gone. A worker may still be writing there (a job
+        deleted while it runs): a file appearing mid-removal makes it try again, a few times, and what is
+        still left after that is the sweeper's (the job's tombstone lets it remove the rest at once)."""
+        path = self._path(prefix)
+        for attempt in range(attempts):
+            self._fresh(path)
+            if not self.fs.exists(path):
+                return True
+            try:
+                self.fs.rm(path, recursive=True)
+            except (FileNotFoundError, OSError):  # raced with a writer (ENOTEMPTY, a file gone under us)
+                time.sleep(0.05 * (attempt + 1))
+        self._fresh(path)
+        return not self.fs.exists(path)
 
     def local_path(self, key: str) -> Path:
         """A local file system path for `key` (local stores only: training reads and writes folders)."""

@@ -46,7 +46,8 @@ def delete_job(system: JobSystem, artifacts: ArtifactStore, job: Job, *, wait_s:
     except JobNotFound:
         pass
     system.drop_storage(job.id)
-    artifacts.delete(job_prefix(job.id))
+    if not artifacts.delete(job_prefix(job.id)):
+        log.info("job %s: its worker is still writing; the rest of its files go when it stops", job.id)
     log.info("job %s (%s, %s) deleted with its files", job.id, job.type.value, job.status.value)
 
 

@@ -20,22 +20,14 @@ from services.jobs.webhooks import WebhookEvent, emit
 
 log = logging.getLogger(__name__)
 
+
 class LifecycleKeys:
-    """Key names of the data lifecycle (moved into the adapter's `Keys` with it)."""
+    """Key names of the data lifecycle; the job, model and owner keys are the adapter's own (`Keys`)."""
 
-    def __init__(self, prefix: str):
-        self.prefix = prefix
+    def __init__(self, keys: Any):
+        self.prefix = keys.prefix
+        self.job, self.model, self.owner_models = keys.job, keys.model, keys.owner_models
 
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def model(self, model_id: str) -> str:
-        return f"{self.prefix}:model:{model_id}"
-
-    def owner_models(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}:models"
-
-    # data lifecycle: deletion tombstones, storage use, recovery marker, locks, webhook outbox
     @property
     def deleted(self) -> str:
         return f"{self.prefix}:deleted"
@@ -70,9 +62,10 @@ class RedisLifecycle:
     """Mixed into the adapter's class, which provides `self.r` (a redis.Redis)."""
 
     r: redis.Redis
+    keys: Any  # the adapter's `Keys`
 
-    def init_lifecycle(self, client: redis.Redis, prefix: str, progress_interval_s: float = 10.0) -> None:
-        self.lkeys = LifecycleKeys(prefix)
+    def init_lifecycle(self, progress_interval_s: float = 10.0) -> None:
+        self.lkeys = LifecycleKeys(self.keys)
         self.webhooks = RedisWebhookOutbox(self, progress_interval_s)
 
     # data lifecycle (services/jobs/deletion.py, sweeper.py, reindex.py) ------------------------------------

@@ -406,7 +406,7 @@ class RedisJobSystem(RedisLifecycle):
         self._beat = client.register_script(_BEAT)
         self._hit = client.register_script(_HIT)
         self._reserve = client.register_script(_RESERVE)
-        self.init_lifecycle(client, prefix)
+        self.init_lifecycle()
 
     @classmethod
     def from_settings(cls, settings: JobSettings, *, celery: Celery | None = None) -> "RedisJobSystem":
