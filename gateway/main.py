@@ -9,6 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from gateway.console import console_app
 from gateway.keys import KeyRing
 from gateway.detection_client import make_client
+from gateway.event_hub import JobEventHub
 from gateway.errors import document_problems, install_error_handlers
 from gateway.middleware import MetricsAndHeaders
 from gateway.routes import artifacts, detect, finetune, generate, health, jobs, models
@@ -33,10 +34,11 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         celery = make_celery(job_settings)
+        jobs = AsyncRedisJobSystem.from_settings(job_settings)
         state = AppState(
             settings=settings, job_settings=job_settings,
             store=RedisJobSystem.from_settings(job_settings, celery=celery),
-            jobs=AsyncRedisJobSystem.from_settings(job_settings),
+            jobs=jobs,
             artifacts=ArtifactStore(job_settings.artifacts_location), celery=celery,
             detection=make_client(settings.detection_url, settings.detection_connect_timeout_s,
                                   settings.detection_timeout_s),
@@ -44,6 +46,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
             workers=WorkerRegistry(monitoring_client(job_settings.redis_url), job_settings.key_prefix,
                                    ttl_s=3 * job_settings.worker_heartbeat_s),
             streams=StreamSlots(settings.max_streams_per_key),
+            events=JobEventHub(jobs),
         )
         if not state.keys.configured:
             log.warning("no API keys configured: serving without authentication on %s only",
@@ -54,6 +57,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
         if dispatcher is not None:
             dispatcher.stop()
         await state.detection.aclose()
+        await state.events.aclose()
         await state.jobs.aclose()
 
     app = FastAPI(title="DetBooth", version="0.1.0", lifespan=lifespan,

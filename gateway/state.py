@@ -8,6 +8,7 @@ import httpx
 from celery import Celery
 from fastapi import Depends, Request
 
+from gateway.event_hub import JobEventHub
 from gateway.keys import KeyRing
 from gateway.settings import GatewaySettings
 from gateway.streams import StreamSlots
@@ -29,9 +30,10 @@ class AppState:
     keys: KeyRing
     workers: WorkerRegistry
     streams: StreamSlots  # open event streams per owner, on this process
+    events: JobEventHub  # one reader per followed job, shared by its streams
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: no thread-pool hop per request
     return request.app.state.detbooth
 
 
