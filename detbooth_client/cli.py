@@ -50,14 +50,22 @@ class ProgressBar:
         self._pending: str | None = None
         self._drawn = False
 
-    def update(self, step: int, total: int, metrics: TrainingMetrics, eta_s: float | None) -> None:
+    def update(self, step: int, total: int, metrics: TrainingMetrics, eta_s: float | None,
+               phase: str | None = None, rate: float | None = None) -> None:
+        """`phase` (a fine-tune's) prefixes the line; `rate` is its units a second (images while making
+        class images); the training metrics are shown while training (or when no phase is given)."""
         frac = min(1.0, step / total) if total else 0.0
         filled = int(frac * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
-        shown = (("loss", metrics.loss), ("it/s", metrics.it_per_s), ("lr", metrics.lr))
+        shown: tuple[tuple[str, float | None], ...] = ()
+        if phase in (None, "training"):
+            shown = (("loss", metrics.loss), ("it/s", metrics.it_per_s or rate), ("lr", metrics.lr))
+        elif phase == "class_images":
+            shown = (("images/s", rate),)
         extra = "".join(f"  {name} {v:.4g}" for name, v in shown if v is not None)
         eta = f"  eta {eta_s:.0f}s" if eta_s is not None else ""
-        line = f"[{bar}] {step}/{total or '?'}{extra}{eta}"
+        label = f"{phase.replace('_', ' ')} " if phase else ""
+        line = f"{label}[{bar}] {step}/{total or '?'}{extra}{eta}"
         if self.tty:
             self.out.write("\r\x1b[2K" + line)
             self._drawn = True
@@ -98,8 +106,15 @@ def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> Job:
     for event in client.events(job_id):
         if event.event == "progress" and bar is not None:
             p = event.data.get("progress", {})
+            phase = p.get("phase")
+            shown = (p.get("phases") or {}).get(phase) or p  # a fine-tune's current phase, else the job's steps
             bar.update(
-                int(p.get("step", 0)), int(p.get("total", 0)), progress_metrics(event.data), p.get("eta_s")
+                int(shown.get("step", 0)),
+                int(shown.get("total", 0)),
+                progress_metrics(event.data),
+                shown.get("eta_s"),
+                phase=phase,
+                rate=shown.get("it_per_s"),
             )
         elif event.event == "status" and bar is not None:
             bar.message(f"status: {event.data.get('status')}")
@@ -308,6 +323,10 @@ def cmd_generate(client: DetBoothClient, args: argparse.Namespace) -> int:
 def _job_line(job: Job) -> str:
     p = job.get("progress") or {}
     progress = f"{p.get('step', 0)}/{p['total']}" if p.get("total") else ""
+    phase = p.get("phase")
+    if job["status"] == "running" and phase and phase != "training" and (p.get("phases") or {}).get(phase):
+        now = p["phases"][phase]  # e.g. `class_images 37/100` while those are made
+        progress = f"{phase} {now.get('step', 0)}/{now.get('total', 0)}"
     err = (job.get("error") or {}).get("code", "")
     return "\t".join([job["id"], job["type"], job["status"], job["created_at"], progress, err]).rstrip()
 

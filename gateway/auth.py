@@ -1,7 +1,6 @@
 """API-key authentication and the per-owner rate limit, as FastAPI dependencies (keys: gateway/keys.py)."""
 
 import logging
-import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -20,7 +19,7 @@ def _presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def authenticate(request: Request, state: State) -> str:
+async def authenticate(request: Request, state: State) -> str:
     """The caller's owner id. Without configured keys (loopback only) every caller is `anonymous`."""
     if not state.keys.configured:
         return ANONYMOUS
@@ -35,20 +34,12 @@ def authenticate(request: Request, state: State) -> str:
     raise Problem(401, "Unauthorized", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
 
 
-def rate_limit(owner: Annotated[str, Depends(authenticate)], state: State) -> str:
+async def rate_limit(owner: Annotated[str, Depends(authenticate)], state: State) -> str:
     """Fixed one-minute window per owner, counted in Redis so every gateway replica shares it."""
-    limit = state.settings.rate_limit_per_minute
-    now = time.time()
-    window = int(now // 60)
-    key = f"{state.store.prefix}:ratelimit:{owner}:{window}"
-    pipe = state.store.r.pipeline()
-    pipe.incr(key)
-    pipe.expire(key, 61)
-    count = pipe.execute()[0]
-    if count > limit:
-        retry = max(1, int((window + 1) * 60 - now) + 1)
-        raise Problem(429, "Too many requests", f"more than {limit} requests this minute for this key",
-                      headers={"Retry-After": str(retry)})
+    decision = await state.jobs.hit_rate(owner, state.settings.rate_limit_per_minute, window_s=60)
+    if not decision.allowed:
+        raise Problem(429, "Too many requests", f"more than {decision.limit} requests this minute for this key",
+                      headers={"Retry-After": str(decision.retry_after_s)})
     return owner
 
 

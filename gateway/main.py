@@ -6,20 +6,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from gateway.keys import KeyRing
 from gateway.console import console_app
+from gateway.keys import KeyRing
 from gateway.detection_client import make_client
 from gateway.errors import document_problems, install_error_handlers
 from gateway.middleware import MetricsAndHeaders
 from gateway.routes import artifacts, detect, finetune, generate, health, jobs, models
 from gateway.settings import GatewaySettings
 from gateway.state import AppState
+from gateway.streams import StreamSlots
 from gateway.uploads import BodySizeLimit
 from services.jobs.artifacts import ArtifactStore
 from services.jobs.celery_app import make_celery
 from services.jobs.monitoring import WorkerRegistry, monitoring_client
+from services.jobs.redis_system import AsyncRedisJobSystem, RedisJobSystem
 from services.jobs.settings import JobSettings
-from services.jobs.store import store_from_settings
 from services.jobs.webhooks import start_webhook_dispatcher
 
 log = logging.getLogger("gateway")
@@ -31,14 +32,18 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        celery = make_celery(job_settings)
         state = AppState(
-            settings=settings, job_settings=job_settings, store=store_from_settings(job_settings),
-            artifacts=ArtifactStore(job_settings.artifacts_location), celery=make_celery(job_settings),
+            settings=settings, job_settings=job_settings,
+            store=RedisJobSystem.from_settings(job_settings, celery=celery),
+            jobs=AsyncRedisJobSystem.from_settings(job_settings),
+            artifacts=ArtifactStore(job_settings.artifacts_location), celery=celery,
             detection=make_client(settings.detection_url, settings.detection_connect_timeout_s,
                                   settings.detection_timeout_s),
             keys=KeyRing(settings.api_keys, settings.api_keys_file),
             workers=WorkerRegistry(monitoring_client(job_settings.redis_url), job_settings.key_prefix,
                                    ttl_s=3 * job_settings.worker_heartbeat_s),
+            streams=StreamSlots(settings.max_streams_per_key),
         )
         if not state.keys.configured:
             log.warning("no API keys configured: serving without authentication on %s only",
@@ -49,6 +54,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
         if dispatcher is not None:
             dispatcher.stop()
         await state.detection.aclose()
+        await state.jobs.aclose()
 
     app = FastAPI(title="DetBooth", version="0.1.0", lifespan=lifespan,
                   description="Text detection (PP-OCR) and DreamBooth personalisation of Stable Diffusion.")

@@ -27,6 +27,8 @@ class GatewaySettings(BaseSettings):
     limits: UploadLimits = Field(default_factory=UploadLimits)
     body_read_timeout_s: float = Field(default=120.0, gt=0, description="longest time to receive a request body")
     max_wait_s: float = Field(default=60.0, ge=0, description="longest `Prefer: wait=N` honoured")
+    max_streams_per_key: int = Field(default=100, ge=1,
+                                     description="event streams one API key may hold open on one gateway process")
     allowed_base_models: str = Field(
         default="", description="comma-separated base models a fine-tune may name; empty: only the default")
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS; empty: CORS off")

@@ -1,4 +1,5 @@
-"""What the gateway's routes share: settings, the job store, the artifact store, the Celery app, HTTP client."""
+"""What the gateway's routes share: settings, the job system (sync and async sides), the artifact store,
+the Celery app, the detection client, the keys, the worker registry, and the open event streams."""
 
 from dataclasses import dataclass
 from typing import Annotated
@@ -9,22 +10,25 @@ from fastapi import Depends, Request
 
 from gateway.keys import KeyRing
 from gateway.settings import GatewaySettings
+from gateway.streams import StreamSlots
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.interface import AsyncJobSystem, JobSystem
 from services.jobs.monitoring import WorkerRegistry
 from services.jobs.settings import JobSettings
-from services.jobs.store import JobStore
 
 
 @dataclass
 class AppState:
     settings: GatewaySettings
     job_settings: JobSettings
-    store: JobStore
+    store: JobSystem  # the job system (sync side: runs in the thread pool)
+    jobs: AsyncJobSystem  # its async side: reads and waits on the event loop
     artifacts: ArtifactStore
     celery: Celery
     detection: httpx.AsyncClient
     keys: KeyRing
     workers: WorkerRegistry
+    streams: StreamSlots  # open event streams per owner, on this process
 
 
 def get_state(request: Request) -> AppState:

@@ -4,15 +4,13 @@ import hashlib
 import json
 import logging
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
 from gateway.state import AppState
-from services.contracts.jobs import Job, JobType
+from services.contracts.jobs import Job, JobType, new_job_id
 from services.contracts.problems import Problem
-from services.jobs.store import IdempotencyConflict, new_job_id
-from services.jobs.tasks import QUEUE_FOR_TYPE, TASK_FOR_TYPE
+from services.jobs.interface import IdempotencyConflict
 
 log = logging.getLogger(__name__)
 _IDEM_KEY = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -55,9 +53,7 @@ def submit(state: AppState, owner: str, job_type: JobType, spec: dict[str, Any],
         state.artifacts.delete(prefix)
         return job, False
     try:
-        state.celery.send_task(TASK_FOR_TYPE[job_type], args=[job.id], queue=QUEUE_FOR_TYPE[job_type],
-                               retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2,
-                                                         "interval_step": 0.5})
+        state.store.enqueue(job)
     except Exception as e:
         log.error("could not enqueue job %s: %s", job.id, e)
         try:
@@ -77,15 +73,8 @@ def prefer_wait(header: str | None, cap: float) -> float | None:
     return min(float(m.group(1)), cap) if m else None
 
 
-def wait_until_finished(state: AppState, job: Job, seconds: float) -> Job:
-    deadline = time.monotonic() + seconds
-    last = "0-0"
-    while not job.status.terminal:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        events = state.store.events(job.id, after=last, block_ms=max(1, int(min(left, 5) * 1000)))
-        if events:
-            last = events[-1].id
-        job = state.store.get(job.id)
-    return job
+async def wait_until_finished(state: AppState, job: Job, seconds: float) -> Job:
+    """The job once it ends, or as it is after `seconds`: waits on the event loop, holding no thread."""
+    if job.status.terminal:
+        return job
+    return await state.jobs.wait_finished(job.id, seconds)

@@ -245,12 +245,16 @@ def detection_service(logs_dir):
     server.stop()
 
 
+def start_real_stack(redis_url: str, data_dir: Path, log_dir: Path, detection_url: str) -> Stack:
+    """Gateway and worker as `make run` has them, on a running detection service."""
+    env = base_env(redis_url, data_dir, DETBOOTH_RATE_LIMIT_PER_MINUTE="10000", DETBOOTH_DETECTION_URL=detection_url)
+    return start_stack(env, log_dir)
+
+
 @pytest.fixture(scope="session")
 def real_stack(redis_server, logs_dir, tmp_path_factory, detection_service) -> Iterator[Stack]:
-    """Detection service, gateway and worker as `make run` has them, for the CLI and the web console."""
-    env = base_env(redis_server, tmp_path_factory.mktemp("stack-data"), DETBOOTH_RATE_LIMIT_PER_MINUTE="10000",
-                   DETBOOTH_DETECTION_URL=detection_service.url)
-    stack = start_stack(env, logs_dir)
+    """The CLI tests' stack: the session's detection service, a gateway and a worker."""
+    stack = start_real_stack(redis_server, tmp_path_factory.mktemp("stack-data"), logs_dir, detection_service.url)
     yield stack
     stack.stop()
 

@@ -7,7 +7,7 @@ from gateway.auth import Caller
 from gateway.state import AppState, State
 from services.contracts.problems import Problem
 from services.jobs.artifacts import BadArtifactKey, check_key
-from services.jobs.store import JobNotFound
+from services.jobs.interface import JobNotFound
 
 router = APIRouter(tags=["artifacts"])
 _MEDIA = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",

@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
 from gateway.detect_uploads import check_detect_uploads
@@ -44,8 +45,9 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
         raise Problem(415, "Unsupported media type", "send multipart/form-data with `images` files, "
                       "or application/json with base64 `images`", type_="unsupported-media-type")
     body = await request.body()  # counted and capped by BodySizeLimit while it arrives
-    if ctype.startswith("multipart/form-data"):
-        form = scan_multipart(body, ctype, max_files=s.limits.max_files, max_file_bytes=s.limits.max_file_bytes)
+    if ctype.startswith("multipart/form-data"):  # parsing and sniffing are CPU work: off the event loop
+        form = await run_in_threadpool(scan_multipart, body, ctype, max_files=s.limits.max_files,
+                                       max_file_bytes=s.limits.max_file_bytes)
         try:
             params = DetectParams.model_validate(form.fields)
         except ValidationError as e:
@@ -56,8 +58,8 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
             parsed = DetectJSONRequest.model_validate_json(body)
         except ValidationError as e:
             raise validation_problem(e) from e
-        files = decode_base64_images(parsed.images, max_files=s.limits.max_files,
-                                     max_file_bytes=s.limits.max_file_bytes)
+        files = await run_in_threadpool(decode_base64_images, parsed.images, max_files=s.limits.max_files,
+                                        max_file_bytes=s.limits.max_file_bytes)
         params = parsed.params
     if not files:
         raise Problem(422, "No images", "send at least one image in the `images` field", type_="validation-error")

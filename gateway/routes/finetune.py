@@ -65,7 +65,8 @@ async def _read_request(request: Request, max_file_bytes: int) -> tuple[list[Upl
             body = FinetuneJSONRequest.model_validate_json(await request.body())
         except ValidationError as e:
             raise validation_problem(e) from e
-        files = decode_base64_images(body.images, max_files=MAX_IMAGES, max_file_bytes=max_file_bytes)
+        files = await run_in_threadpool(decode_base64_images, body.images, max_files=MAX_IMAGES,
+                                        max_file_bytes=max_file_bytes)
         return files, body.config, body.model_dump(include={"webhook", "webhook_events"}, exclude_unset=True)
     raise Problem(415, "Unsupported media type", "send multipart/form-data (images + config) or application/json",
                   type_="unsupported-media-type")
@@ -100,7 +101,10 @@ async def finetune(request: Request, state: State, owner: Caller,
         raise Problem(422, "Wrong number of images",
                       f"send {MIN_IMAGES}–{MAX_IMAGES} images of the subject; got {len(files)}",
                       type_="wrong-image-count")
-    formats = [check_image(f, max_pixels=s.limits.max_image_pixels, min_side=config.min_image_side)[0] for f in files]
+    # decoding checks every pixel (PIL): off the event loop, so other requests and streams go on meanwhile
+    checked = await run_in_threadpool(lambda: [check_image(f, max_pixels=s.limits.max_image_pixels,
+                                                           min_side=config.min_image_side) for f in files])
+    formats = [fmt for fmt, _, _ in checked]
     spec = {"config": config.model_dump(mode="json")}
     if webhook := await run_in_threadpool(webhook_spec, hook, state.job_settings):
         spec["webhook"] = webhook

@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
 from gateway.schemas import job_view
@@ -14,7 +15,7 @@ from services.contracts.generate import GenerateParams
 from services.contracts.jobs import JobType, JobView
 from services.contracts.problems import Problem
 from services.contracts.webhooks import WebhookRequest
-from services.jobs.store import JobNotFound
+from services.jobs.interface import JobNotFound
 
 router = APIRouter(tags=["generate"])
 
@@ -25,26 +26,28 @@ class GenerateBody(GenerateParams, WebhookRequest):
 
 @router.post("/generate", status_code=202, response_model=JobView,
              responses={200: {"model": JobView, "description": "finished within `Prefer: wait=N`"}})
-def generate(body: GenerateBody, request: Request, state: State, owner: Caller,
-             prefer: Annotated[str | None, Header()] = None,
-             idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
+async def generate(body: GenerateBody, request: Request, state: State, owner: Caller,
+                   prefer: Annotated[str | None, Header()] = None,
+                   idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
     """Queue image generation. With `Prefer: wait=N` the answer waits up to N seconds for the images."""
     idem = check_idempotency_key(idempotency_key)
     params = GenerateParams.model_validate(body.model_dump(exclude=set(WebhookRequest.model_fields)))
-    webhook = webhook_spec(body.model_dump(include=set(WebhookRequest.model_fields), exclude_unset=True),
-                           state.job_settings)
+    webhook = await run_in_threadpool(  # resolves the host (blocking DNS)
+        webhook_spec, body.model_dump(include=set(WebhookRequest.model_fields), exclude_unset=True),
+        state.job_settings)
     if params.model != "base":
         try:
-            state.store.get_model(params.model, owner)
+            await run_in_threadpool(state.store.get_model, params.model, owner)
         except JobNotFound:
             raise Problem(422, "Unknown model", f"model `{params.model}` is neither `base` nor a fine-tune of "
                           "this API key that succeeded (see GET /models)", type_="unknown-model") from None
     spec = {"params": params.model_dump(mode="json"), **({"webhook": webhook} if webhook else {})}
-    job, created = submit(state, owner, JobType.generate, spec, idempotency_key=idem, fp=fingerprint(spec))
+    job, created = await run_in_threadpool(submit, state, owner, JobType.generate, spec, idempotency_key=idem,
+                                           fp=fingerprint(spec))
     wait = prefer_wait(prefer, state.settings.max_wait_s)
     headers = {"Location": f"/jobs/{job.id}", **({} if created else {"Idempotent-Replayed": "true"})}
     if wait is not None:
-        job = wait_until_finished(state, job, wait)
+        job = await wait_until_finished(state, job, wait)  # on the event loop: no thread held while waiting
         headers["Preference-Applied"] = f"wait={wait:g}"
     status = 200 if job.status.terminal else 202
     return JSONResponse(job_view(job, str(request.base_url)).model_dump(mode="json"), status_code=status,

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
     return {"status": "ok"}
 
 

@@ -389,6 +389,26 @@ function setFtState(status) {
   $("ft-cancel").hidden = TERMINAL.has(status);
 }
 
+const PHASE_NAMES = { preparing: "preparing", class_images: "class images", training: "training",
+                      exporting: "exporting" };
+
+// A fine-tune's progress line: its current phase with that phase's own numbers (a job without phases: its
+// steps), the loss and it/s while training, images/s while making class images, and the phase's ETA.
+function phaseText(p, m) {
+  const cur = (p.phases || {})[p.phase] || p;
+  const training = !p.phase || p.phase === "training";
+  const eta = cur.eta_s != null ? ` · eta ${Math.round(cur.eta_s)} s` : "";
+  const loss = training && typeof m.loss === "number" ? ` · loss ${m.loss.toFixed(4)}` : "";
+  const rate = training ? (typeof m.it_per_s === "number" ? m.it_per_s : cur.it_per_s) : cur.it_per_s;
+  const unit = p.phase === "class_images" ? "images/s" : "it/s";
+  const speed = typeof rate === "number" && (training || p.phase === "class_images")
+    ? ` · ${rate.toFixed(2)} ${unit}` : "";
+  const where = p.phase ? `${PHASE_NAMES[p.phase] || p.phase} · ` : "";
+  const what = p.phase && p.phase !== "training" ? "" : "step ";
+  return { step: cur.step || 0, total: cur.total || 0,
+           line: `${where}${what}${cur.step || 0} / ${cur.total || 0}${loss}${speed}${eta}` };
+}
+
 async function watchFinetune(job) {
   if (ft.abort) ft.abort.abort();
   ft.job = job; ft.losses = []; ft.abort = new AbortController();
@@ -400,12 +420,13 @@ async function watchFinetune(job) {
     const final = await runToEnd(job.id, (name, data) => {
       if (name === "progress") {
         const p = data.progress || {}, m = data.metrics || {};
-        if (p.total) { $("ft-progress").max = p.total; $("ft-progress").value = p.step; }
-        if (typeof m.loss === "number") { ft.losses.push([p.step, m.loss]); drawChart(); }
-        const eta = p.eta_s != null ? ` · eta ${Math.round(p.eta_s)} s` : "";
-        const loss = typeof m.loss === "number" ? ` · loss ${m.loss.toFixed(4)}` : "";
-        const speed = typeof m.it_per_s === "number" ? ` · ${m.it_per_s.toFixed(2)} it/s` : "";
-        $("ft-progress-text").textContent = `step ${p.step} / ${p.total}${loss}${speed}${eta}`;
+        const text = phaseText(p, m);
+        if (text.total) { $("ft-progress").max = text.total; $("ft-progress").value = text.step; }
+        if (typeof m.loss === "number" && (!p.phase || p.phase === "training")) {
+          ft.losses.push([p.step, m.loss]); drawChart();
+        }
+        $("ft-progress-text").textContent = text.line;
+        $("ft-progress-box").dataset.phase = p.phase || "";
       } else if (name === "status") {
         setFtState(data.status);
         if (!ft.losses.length && $("ft-progress").value === 0) $("ft-progress-text").textContent = data.status;
@@ -556,7 +577,9 @@ function jobRow(job) {
     el("td", {}, job.type),
     el("td", {}, el("span", { class: `badge ${job.status}` }, job.status)),
     el("td", {}, fmtTime(job.created_at)),
-    el("td", {}, p.total ? `${p.step} / ${p.total}` : ""),
+    el("td", {}, job.status === "running" && p.phase && p.phase !== "training" && (p.phases || {})[p.phase]
+      ? `${PHASE_NAMES[p.phase] || p.phase} ${p.phases[p.phase].step} / ${p.phases[p.phase].total}`
+      : p.total ? `${p.step} / ${p.total}` : ""),
     el("td", {}, jobDetails(job)),
     el("td", {}, TERMINAL.has(job.status) ? "" :
       el("button", { type: "button", class: "small", onclick: () => cancelJob(job.id) }, "cancel")));

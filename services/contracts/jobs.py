@@ -1,6 +1,7 @@
 """Jobs: the record shared by the gateway and the workers, its statuses and transitions, and the view its
 owner gets over the API."""
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -67,6 +68,10 @@ class Progress(BaseModel):
 class JobError(BaseModel):
     code: str
     message: str
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
 
 
 def utcnow() -> datetime:

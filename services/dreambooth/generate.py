@@ -13,9 +13,8 @@ from PIL.PngImagePlugin import PngInfo
 from pydantic import ValidationError
 
 from services.contracts.generate import MAX_SEED, GeneratedImage, GenerateParams, GenerateResult
-from services.contracts.jobs import Job, JobStatus, Progress
+from services.contracts.jobs import Job, JobStatus, JobType, Progress
 from services.dreambooth.base_models import BaseModelError, resolve_base_model
-from services.dreambooth.gen_batching import BatchClaims, queued_generate_job_ids
 from services.dreambooth.model_loading import (
     folder_bytes,
     load_lora_model,
@@ -27,9 +26,9 @@ from services.dreambooth.pipeline_cache import LoadedModel, PipelineCache
 from services.dreambooth.sampling import sample
 from services.dreambooth.settings import DreamboothSettings
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.interface import JobNotFound, JobSystem, TransitionRefused
 from services.jobs.lifecycle import JobCanceled, JobFailed
 from services.jobs.settings import JobSettings
-from services.jobs.store import JobNotFound, JobStore, TransitionRefused
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +49,10 @@ def png_bytes(image: Image.Image, text: dict[str, Any]) -> bytes:
 class GenerationWorker:
     """Per-process state of a generate worker: where models and images live, and the loaded-model cache."""
 
-    store: JobStore
+    store: JobSystem
     artifacts: ArtifactStore
     data_dir: Path
     settings: DreamboothSettings
-
-    queue_key: str | None = None  # the Celery generate queue in Redis, for batching
 
     def __post_init__(self) -> None:
         self.device = pick_device(self.settings.device)
@@ -64,7 +61,7 @@ class GenerationWorker:
         self.claims = (
             # the same lease length as every job's (renewed each step), so a dead worker's batch is
             # taken over as soon as its jobs are redelivered
-            BatchClaims(self.store.r, self.store.prefix, lease_s=JobSettings().job_lease_s)
+            self.store.batch_claims(lease_s=JobSettings().job_lease_s)
             if self.settings.gen_batch_same_shape else None
         )
 
@@ -227,9 +224,9 @@ class GenerationWorker:
         """Claim queued generate jobs that can share the primary's pipeline call, oldest first."""
         room = self.settings.gen_max_batch_images - len(primary.seeds)
         taken: list[GenerateRequest] = []
-        if room <= 0 or not self.queue_key:
+        if room <= 0:
             return taken
-        for job_id in dict.fromkeys(queued_generate_job_ids(self.store.r, self.queue_key)):
+        for job_id in self.store.queued_job_ids(JobType.generate):
             if job_id == primary.job.id:
                 continue
             try:
@@ -330,7 +327,7 @@ class GenerateRequest:
 _worker: GenerationWorker | None = None
 
 
-def worker_for(job_settings: JobSettings, store: JobStore) -> GenerationWorker:
+def worker_for(job_settings: JobSettings, store: JobSystem) -> GenerationWorker:
     """This process's generation worker (its model cache lives as long as the process)."""
     global _worker
     if _worker is None or _worker.store is not store:
@@ -339,6 +336,5 @@ def worker_for(job_settings: JobSettings, store: JobStore) -> GenerationWorker:
             artifacts=ArtifactStore(job_settings.artifacts_location),
             data_dir=job_settings.data_dir,
             settings=DreamboothSettings(),
-            queue_key=f"{job_settings.key_prefix}:celery:generate",
         )
     return _worker

@@ -6,8 +6,8 @@ from services.contracts.jobs import Job
 from services.jobs.celery_app import make_celery
 from services.jobs.lifecycle import run_task
 from services.jobs.monitoring import install_worker_beat, monitoring_client
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.settings import JobSettings
-from services.jobs.store import store_from_settings
 from services.jobs.tasks import FINETUNE_TASK, GENERATE_TASK
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ install_worker_beat(app, lambda: monitoring_client(settings.redis_url), settings
 def job_store():
     global _store
     if _store is None:
-        _store = store_from_settings(settings)
+        _store = RedisJobSystem.from_settings(settings, celery=app)
     return _store
 
 

@@ -9,9 +9,8 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from services.contracts.jobs import Job, JobError, JobStatus
-from services.jobs.heartbeat import JobLease, TaskHeartbeat, unacked_index_key
+from services.jobs.interface import JobNotFound, JobSystem, TransitionRefused
 from services.jobs.settings import JobSettings
-from services.jobs.store import JobNotFound, JobStore, TransitionRefused
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ class JobFailed(Exception):
         self.message = message
 
 
-def start(store: JobStore, job_id: str) -> Job | None:
+def start(store: JobSystem, job_id: str) -> Job | None:
     """Mark the job running. None when there is nothing to run (finished, canceled, or unknown)."""
     try:
         job = store.get(job_id)
@@ -48,7 +47,7 @@ def start(store: JobStore, job_id: str) -> Job | None:
         return None
 
 
-def run_job(store: JobStore, job_id: str, body: Callable[[Job], dict[str, Any]]) -> None:
+def run_job(store: JobSystem, job_id: str, body: Callable[[Job], dict[str, Any]]) -> None:
     """Run `body(job)` for a job and record how it ended; the result dict becomes `job.result`."""
     job = start(store, job_id)
     if job is None:
@@ -78,7 +77,7 @@ def run_job(store: JobStore, job_id: str, body: Callable[[Job], dict[str, Any]])
 STORE_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
-def wait_for_store(store: JobStore, timeout_s: float) -> bool:
+def wait_for_store(store: JobSystem, timeout_s: float) -> bool:
     """Wait (bounded) until the job store answers again."""
     deadline = time.monotonic() + timeout_s
     delay = 0.5
@@ -92,22 +91,20 @@ def wait_for_store(store: JobStore, timeout_s: float) -> bool:
             delay = min(delay * 2, 5)
 
 
-def run_task(task: Any, store: JobStore, settings: JobSettings, job_id: str,
+def run_task(task: Any, store: JobSystem, settings: JobSettings, job_id: str,
              body: Callable[[Job], dict[str, Any]]) -> None:
     """The body of a bound Celery task: lease the job, keep the message and the lease alive, run it.
 
     A delivery that finds the job leased by another live worker (its message came back while that worker
     still runs it, e.g. after a Redis outage longer than the visibility timeout) is retried later instead.
     """
-    lease = JobLease(store.r, store.prefix, job_id, settings.job_lease_s)
+    lease = store.lease(job_id, settings.job_lease_s)
     if not lease.acquire():
         log.warning("job %s is leased by %s; retrying this delivery in %d s", job_id, lease.holder(),
                     settings.job_lease_s)
         raise task.retry(countdown=settings.job_lease_s, max_retries=None)
     delivery = getattr(task.request, "delivery_info", None) or {}
-    heartbeat = TaskHeartbeat(store.r, lease, settings.task_heartbeat_s,
-                              unacked_index=unacked_index_key(settings.celery_keyprefix),
-                              delivery_tag=delivery.get("delivery_tag"))
+    heartbeat = store.heartbeat(lease, settings.task_heartbeat_s, delivery.get("delivery_tag"))
     try:
         with heartbeat:
             heartbeat.beat()  # at once: the message may have waited in the prefetch buffer
@@ -130,7 +127,7 @@ def run_task(task: Any, store: JobStore, settings: JobSettings, job_id: str,
 STORE_WAIT_S = 300  # how long a finished job waits for the job store to record how it ended
 
 
-def _finish(store: JobStore, job_id: str, status: JobStatus, **kw: Any) -> None:
+def _finish(store: JobSystem, job_id: str, status: JobStatus, **kw: Any) -> None:
     try:
         try:
             store.transition(job_id, status, expected={JobStatus.running}, **kw)

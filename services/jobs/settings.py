@@ -22,7 +22,7 @@ class JobSettings(BaseSettings):
     unacked_restore_interval_s: int = Field(
         default=2, ge=1, description="how often Celery workers look for messages whose worker died"
     )
-    # A running task's heartbeat (services/jobs/heartbeat.py) keeps its message's unacked score fresh, so the
+    # A running task's heartbeat (services/jobs/redis_system.py) keeps its message's unacked score fresh, so the
     # visibility timeout no longer bounds how long a job may run: it only sets how soon the task of a worker
     # that died (main process killed, machine lost) is delivered again, about visibility_timeout_s +
     # unacked_restore_interval_s after its last heartbeat.

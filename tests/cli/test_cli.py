@@ -14,8 +14,8 @@ from PIL import Image
 
 from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
-from services.contracts.jobs import JobStatus, JobType, Progress
-from services.jobs.store import JobStore
+from services.contracts.jobs import JobStatus, JobType, Phase, PhaseProgress, Progress
+from services.jobs.redis_system import RedisJobSystem
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
 from tests.procs import ROOT
@@ -122,7 +122,7 @@ def test_usage_errors_exit_2_as_a_process_too(stack):
 
 def test_a_closed_pipe_exits_quietly(stack):
     """`detbooth jobs list | head`: the reader goes away before the CLI writes; no error, no traceback."""
-    store = JobStore(
+    store = RedisJobSystem(
         redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
     )
     for _ in range(3):  # never queued: only listed
@@ -379,7 +379,7 @@ def test_detect_a_pdf_with_pages_draws_each_page(run, tmp_path):
 
 def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     """This test plays the worker through the job store, so the progress events are known."""
-    store = JobStore(
+    store = RedisJobSystem(
         redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
     )
     job, _ = store.create(JobType.finetune, owner_of(hash_key("key-alice")), {"config": {}})  # never queued
@@ -407,3 +407,53 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     # stderr is a pipe here: a line per step change (events may arrive bunched, so one may be merged away)
     assert steps[0] == "1/4" and steps[-1] == "4/4" and len(steps) >= 3 and steps == sorted(set(steps)), err
     assert json.loads(out)["model_url"].endswith(f"/artifacts/jobs/{job.id}/model/pytorch_lora_weights.safetensors")
+
+
+def test_watch_shows_each_phase_with_its_numbers_and_rate(run, stack):
+    """A fine-tune's phases as the worker reports them (played through the job store): the bar names the
+    phase and shows its own step, total, rate and ETA."""
+    store = RedisJobSystem(
+        redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
+    )
+    job, _ = store.create(JobType.finetune, owner_of(hash_key("key-alice")), {"config": {}})  # never queued
+    store.transition(job.id, JobStatus.running, expected={JobStatus.queued})
+    listed = {}
+
+    def report(phase, step, total, eta=None, rate=None, metrics=None, phases={}):
+        phases[phase] = PhaseProgress(step=step, total=total, eta_s=eta, it_per_s=rate)
+        training = phases.get(Phase.training, PhaseProgress(total=3))
+        store.report_progress(job.id, Progress(step=training.step, total=training.total, eta_s=training.eta_s,
+                                               phase=phase, phases=phases), metrics)
+        time.sleep(0.6)
+
+    def worker():
+        report(Phase.preparing, 0, 2)
+        report(Phase.preparing, 2, 2, eta=0)
+        report(Phase.class_images, 0, 4)
+        report(Phase.class_images, 2, 4, eta=1, rate=2.0)
+        listed["out"] = subprocess.run(  # what `jobs list` says meanwhile (a process: capsys is the watcher's)
+            [sys.executable, "-m", "detbooth_client", "--url", stack.url, "--api-key", "key-alice", "jobs", "list"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        ).stdout
+        report(Phase.class_images, 4, 4, eta=0, rate=2.0)
+        report(Phase.training, 0, 3)
+        report(Phase.training, 3, 3, eta=0, rate=1.5, metrics={"loss": 0.5, "it_per_s": 1.5, "lr": 1e-4})
+        report(Phase.exporting, 0, 1, metrics={"loss": 0.5, "it_per_s": 1.5, "lr": 1e-4})
+        report(Phase.exporting, 1, 1, eta=0, metrics={"loss": 0.5, "it_per_s": 1.5, "lr": 1e-4})
+        store.transition(job.id, JobStatus.succeeded, expected={JobStatus.running}, result={"steps": 3})
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    code, out, err = run("jobs", "watch", job.id)
+    thread.join()
+    assert code == 0, err
+    lines = err.splitlines()
+    for expected in ("preparing [" + "#" * 30 + "] 2/2  eta 0s",
+                     "class images [" + "#" * 15 + "-" * 15 + "] 2/4  images/s 2  eta 1s",
+                     "class images [" + "#" * 30 + "] 4/4  images/s 2  eta 0s",
+                     "training [" + "#" * 30 + "] 3/3  loss 0.5  it/s 1.5  lr 0.0001  eta 0s",
+                     "exporting [" + "#" * 30 + "] 1/1  eta 0s"):
+        assert expected in lines, err
+    line = [row for row in listed["out"].splitlines() if row.startswith(job.id)][0]
+    assert line.split("\t")[2:][::2] == ["running", "class_images 2/4"], line
+

@@ -84,6 +84,7 @@ def test_stack_starts_everything_restarts_the_dead_and_stops_cleanly(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{gw}/models", headers=h).status_code == 200
         ready = httpx.get(f"http://127.0.0.1:{gw}/readyz").json()
         assert ready["ready"] and ready["checks"]["detection"]["ok"], ready
+        assert all(ready["checks"]["workers"][q]["workers_up"] == 1 for q in ("finetune", "generate")), ready
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 5  # redis, detection, two workers (+ their pools), gateway
         generation_while_a_finetune_trains(f"http://127.0.0.1:{gw}", h)

@@ -8,9 +8,8 @@ import pytest
 import redis
 
 from gateway.settings import GatewaySettings
-from services.jobs.quota import InFlightJobs
 from services.contracts.jobs import JobStatus, JobType
-from services.jobs.store import JobStore
+from services.jobs.redis_system import RedisInFlight, RedisJobSystem
 from tests.integration.conftest import ALICE, BOB, png_bytes
 from tests.procs import base_env, inprocess_gateway
 
@@ -98,8 +97,8 @@ def test_in_flight_fine_tunes_are_429_per_owner_and_a_cancel_gives_the_slot_back
 
 
 @pytest.fixture
-def store(redis_server, key_prefix) -> JobStore:
-    return JobStore(redis.Redis.from_url(redis_server), prefix=key_prefix, ttl_s=100)
+def store(redis_server, key_prefix) -> RedisJobSystem:
+    return RedisJobSystem(redis.Redis.from_url(redis_server), prefix=key_prefix, ttl_s=100)
 
 
 def test_a_job_that_ends_on_the_worker_gives_its_slot_back(store):
@@ -134,9 +133,9 @@ def test_a_missed_release_never_keeps_a_slot(store, redis_server, key_prefix):
     assert store.inflight.reserve("carol", "finetune", ended.id, 2) is None
     assert store.inflight.reserve("carol", "finetune", "never-created", 2) is None
     # the job ends without the release (as if the process died in between)
-    store.r.hset(f"{key_prefix}:job:{ended.id}", "status", "succeeded")
+    store.r.hset(store.keys.job(ended.id), "status", "succeeded")
     assert store.inflight.reserve("carol", "finetune", "next", 2) is None  # the ended job's slot was dropped
     # a slot taken for a job whose record never appeared lapses after the grace period
-    quick = InFlightJobs(store.r, key_prefix, job_key_prefix=f"{key_prefix}:job:", grace_s=0)
+    quick = RedisInFlight(store, grace_s=0)
     assert quick.reserve("carol", "finetune", "later", 2) is None
     assert quick.count("carol", "finetune") == 1  # only "later": the ids without a record were dropped

@@ -1,4 +1,5 @@
-"""The gateway over real HTTP (uvicorn on loopback) with a real Redis; no worker runs here."""
+"""The gateway app in-process (create_app behind httpx over ASGI, lifespan run) on a real Redis; no worker runs
+here. `python -m gateway` itself is started once, to check that it refuses to serve openly."""
 
 import base64
 import json
@@ -7,7 +8,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import ALICE, BOB, png_bytes
-from tests.procs import start_gateway
+from tests.procs import inprocess_gateway
 
 CONFIG = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog", "max_train_steps": 2,
           "resolution": 64}
@@ -238,11 +239,12 @@ def test_models_lists_base_and_fine_tunes_with_their_creation_time(client, gatew
     import redis
 
     from gateway.auth import hash_key, owner_of
-    from services.jobs.store import JobStore
+    from services.jobs.redis_system import RedisJobSystem
 
     models = client.get("/models", headers=ALICE).json()["models"]
     assert models[0]["id"] == "base" and models[0]["kind"] == "base"
-    store = JobStore(redis.Redis.from_url(gateway[1]["DETBOOTH_REDIS_URL"]), prefix=gateway[1]["DETBOOTH_KEY_PREFIX"])
+    store = RedisJobSystem(redis.Redis.from_url(gateway[1]["DETBOOTH_REDIS_URL"]),
+                           prefix=gateway[1]["DETBOOTH_KEY_PREFIX"])
     before = datetime.datetime.now(datetime.UTC)
     store.register_model(owner_of(hash_key("key-alice")), "m-new", {"method": "lora", "instance_prompt": "sks"})
     tuned = [m for m in client.get("/models", headers=ALICE).json()["models"] if m["id"] == "m-new"]
@@ -257,19 +259,16 @@ def test_path_traversal_in_artifacts_is_404(client):
         assert r.status_code == 404
 
 
-def test_rate_limit_is_429_with_retry_after(redis_server, logs_dir, tmp_path):
+def test_rate_limit_is_429_with_retry_after(redis_server, tmp_path):
     from tests.integration.conftest import base_env
 
-    proc, url = start_gateway(base_env(redis_server, tmp_path, DETBOOTH_RATE_LIMIT_PER_MINUTE="3"), logs_dir)
-    try:
-        codes = [httpx.get(f"{url}/jobs", headers=ALICE).status_code for _ in range(4)]
+    with inprocess_gateway(base_env(redis_server, tmp_path, DETBOOTH_RATE_LIMIT_PER_MINUTE="3")) as gw:
+        codes = [gw.get("/jobs", headers=ALICE).status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429]
-        r = httpx.get(f"{url}/jobs", headers=ALICE)
+        r = gw.get("/jobs", headers=ALICE)
         assert_problem(r, 429)
         assert 1 <= int(r.headers["retry-after"]) <= 61
-        assert httpx.get(f"{url}/jobs", headers=BOB).status_code == 200  # per key
-    finally:
-        proc.stop()
+        assert gw.get("/jobs", headers=BOB).status_code == 200  # per key
 
 
 def test_open_gateway_without_keys_is_refused(redis_server, logs_dir, tmp_path):

@@ -9,8 +9,8 @@ import httpx
 import redis
 
 from gateway.auth import hash_key, owner_of
-from services.contracts.jobs import JobStatus, JobType, Progress
-from services.jobs.store import JobStore
+from services.contracts.jobs import JobStatus, JobType, Phase, PhaseProgress, Progress
+from services.jobs.redis_system import RedisJobSystem
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
 from tests.ui.conftest import login, shot
@@ -166,7 +166,7 @@ def test_finetune_needs_3_to_20_images_and_follows_the_job(page, stack, tmp_path
 
 def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
     """This test plays the worker through the job store, so progress arrives step by step at its own pace."""
-    store = JobStore(
+    store = RedisJobSystem(
         redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
     )
     config = {
@@ -181,13 +181,25 @@ def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
     login(page, stack, tab="jobs")
     page.click(f"tr[data-job='{job.id}'] a.watch")
     page.wait_for_selector("#ft-state.running")
+    phases = {Phase.preparing: PhaseProgress(step=2, total=2, eta_s=0)}
+    store.report_progress(job.id, Progress(total=10, phase=Phase.preparing, phases=phases))
+    page.wait_for_selector("#ft-progress-text:has-text('preparing · 2 / 2 · eta 0 s')")
+    phases[Phase.class_images] = PhaseProgress(step=2, total=4, eta_s=1.2, it_per_s=2.0)
+    store.report_progress(job.id, Progress(total=10, phase=Phase.class_images, phases=phases))
+    page.wait_for_selector("#ft-progress-text:has-text('class images · 2 / 4 · 2.00 images/s · eta 1 s')")
+    assert page.eval_on_selector("#ft-progress", "p => [p.value, p.max]") == [2, 4]
+    shot(page, "finetune-class-images")
+    phases[Phase.class_images] = PhaseProgress(step=4, total=4, eta_s=0, it_per_s=2.0)
     for step in range(1, 7):
+        phases[Phase.training] = PhaseProgress(step=step, total=10, eta_s=2.0 * (10 - step), it_per_s=3.0)
         store.report_progress(
             job.id,
-            Progress(step=step, total=10, eta_s=2.0 * (10 - step)),
+            Progress(step=step, total=10, eta_s=2.0 * (10 - step), phase=Phase.training, phases=phases),
             {"loss": 0.5 / step + 0.05, "it_per_s": 3.0},
         )
-    page.wait_for_selector("#ft-progress-text:has-text('step 6 / 10 · loss 0.1333 · 3.00 it/s · eta 8 s')")
+    page.wait_for_selector(
+        "#ft-progress-text:has-text('training · step 6 / 10 · loss 0.1333 · 3.00 it/s · eta 8 s')"
+    )
     assert page.eval_on_selector("#ft-progress", "p => [p.value, p.max]") == [6, 10]
     assert page.evaluate("ft.losses.length") == 6
     shot(page, "finetune-progress")

@@ -30,8 +30,8 @@ from services.contracts.finetune import (
 )
 from services.contracts.jobs import Job, Phase, PhaseProgress, Progress
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.interface import JobSystem, TransitionRefused
 from services.jobs.lifecycle import JobCanceled, JobFailed
-from services.jobs.store import JobStore, TransitionRefused
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _Reporter:
     """A fine-tune's progress: which phase it is in and each phase's step, total, ETA and rate. The top-level
     step/total/eta stay the training steps (the job's main measure); the latest training metrics ride along."""
 
-    def __init__(self, store: JobStore, job_id: str, training_total: int):
+    def __init__(self, store: JobSystem, job_id: str, training_total: int):
         self.store, self.job_id = store, job_id
         self.training_total = training_total
         self.phase: Phase | None = None
@@ -133,7 +133,7 @@ class _Reporter:
             raise JobCanceled()
 
 
-def run_finetune_job(job: Job, store: JobStore, artifacts: ArtifactStore, data_dir: Path,
+def run_finetune_job(job: Job, store: JobSystem, artifacts: ArtifactStore, data_dir: Path,
                      base_model_spec: str | None = None, single_file_config: str | None = None,
                      class_cache_bytes: int | None = None) -> dict[str, Any]:
     from services.dreambooth.base_models import BaseModelError, resolve_base_model

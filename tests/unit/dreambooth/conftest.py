@@ -109,10 +109,10 @@ def job_env(tmp_path, tiny_sd, monkeypatch, redis_server, key_prefix):
     from services.dreambooth import tasks
     from services.jobs.artifacts import ArtifactStore
     from services.jobs.settings import JobSettings
-    from services.jobs.store import JobStore
+    from services.jobs.redis_system import RedisJobSystem
 
     settings = JobSettings(data_dir=tmp_path, key_prefix=key_prefix, redis_url=redis_server)
-    store = JobStore(redis.Redis.from_url(redis_server), prefix=key_prefix)
+    store = RedisJobSystem(redis.Redis.from_url(redis_server), prefix=key_prefix)
     monkeypatch.setenv("DETBOOTH_SD_BASE_MODEL", str(tiny_sd))
     monkeypatch.setattr(tasks, "settings", settings)
     monkeypatch.setattr(tasks, "_store", store)

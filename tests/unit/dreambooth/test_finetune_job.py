@@ -20,12 +20,11 @@ from PIL import Image
 
 from detbooth_client.cli import ProgressBar, progress_metrics
 from services.contracts.finetune import FinetuneConfig
-from services.contracts.jobs import JobStatus, JobType
+from services.contracts.jobs import JobStatus, JobType, new_job_id
 from services.dreambooth import tasks
 from services.jobs.artifacts import ArtifactStore
-from services.jobs.heartbeat import lease_key
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.settings import JobSettings
-from services.jobs.store import JobStore, new_job_id
 
 CONFIG = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog", "resolution": 64,
           "max_train_steps": 4, "checkpoint_every": 2, "keep_last_checkpoints": 1, "mixed_precision": "32",
@@ -44,7 +43,7 @@ def _png(color, size=(72, 64)) -> bytes:
     return buf.getvalue()
 
 
-def create_job(store: JobStore, artifacts: ArtifactStore, config: dict, images: list[bytes] | None = None,
+def create_job(store: RedisJobSystem, artifacts: ArtifactStore, config: dict, images: list[bytes] | None = None,
                owner: str = "owner-1"):
     job_id = new_job_id()
     images = images if images is not None else [_png((200, 30 * i, 40)) for i in range(3)]
@@ -166,7 +165,7 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     store, artifacts, settings = env
     job = create_job(store, artifacts, {**CONFIG, "with_prior_preservation": False, "max_train_steps": 10,
                                         "checkpoint_every": 2, "keep_last_checkpoints": 2})
-    worker_env = {**os.environ, "DETBOOTH_DATA_DIR": str(settings.data_dir), "DETBOOTH_KEY_PREFIX": store.prefix,
+    worker_env = {**os.environ, "DETBOOTH_DATA_DIR": str(settings.data_dir), "DETBOOTH_KEY_PREFIX": settings.key_prefix,
                   "DETBOOTH_SD_BASE_MODEL": str(tiny_sd), "DETBOOTH_REDIS_URL": settings.redis_url,
                   "DETBOOTH_TASK_HEARTBEAT_S": "0.5", "DETBOOTH_JOB_LEASE_S": "2"}
     worker = subprocess.Popen([sys.executable, "-c", f"from services.dreambooth import tasks; tasks.finetune({job.id!r})"],
@@ -184,7 +183,7 @@ def test_killed_worker_redelivered_task_resumes_from_newest_checkpoint(env, tiny
     newest = max(int(k.rsplit("-", 1)[1].split(".")[0]) for k in artifacts.list(f"jobs/{job.id}/checkpoints"))
 
     deadline = time.monotonic() + 10  # the dead worker's job lease lapses (before Celery would redeliver)
-    while store.r.exists(lease_key(store.prefix, job.id)) and time.monotonic() < deadline:
+    while store.lease(job.id, 1).holder() is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     tasks.finetune(job.id)  # Celery delivers the unacknowledged task again
     job = store.get(job.id)

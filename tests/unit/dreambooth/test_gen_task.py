@@ -11,8 +11,8 @@ from services.contracts.jobs import JobStatus, JobType
 from services.dreambooth import generate as gen_module
 from services.dreambooth import tasks
 from services.jobs.artifacts import ArtifactStore
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.settings import JobSettings
-from services.jobs.store import JobStore
 
 PARAMS = {
     "prompt": "a photo of sks dog",
@@ -184,11 +184,9 @@ def test_a_job_leased_by_another_worker(env, holder_finishes):
     """Its message reaching this worker waits for the holder's result, or runs it once the lease lapses."""
     import threading
 
-    from services.dreambooth.gen_batching import BatchClaims
-
     store, _ = env
     job, _ = store.create(JobType.generate, "owner-1", {"params": {**PARAMS, "seed": 5}})
-    holder = BatchClaims(store.r, store.prefix, lease_s=2)
+    holder = store.batch_claims(lease_s=2)
     assert holder.claim(job.id)
     made_elsewhere = {"images": [{"key": "jobs/x/images/0.png", "seed": 5}], "model": "base"}
     if holder_finishes:

@@ -3,12 +3,12 @@ import redis
 
 from services.contracts.jobs import JobStatus, JobType
 from services.jobs.lifecycle import JobCanceled, JobFailed, run_job
-from services.jobs.store import JobStore
+from services.jobs.redis_system import RedisJobSystem
 
 
 @pytest.fixture
-def store(redis_server, key_prefix) -> JobStore:
-    return JobStore(redis.Redis.from_url(redis_server), prefix=key_prefix)
+def store(redis_server, key_prefix) -> RedisJobSystem:
+    return RedisJobSystem(redis.Redis.from_url(redis_server), prefix=key_prefix)
 
 
 def make(store):

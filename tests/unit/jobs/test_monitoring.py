@@ -5,7 +5,9 @@ import time
 import pytest
 import redis
 
+from services.contracts.jobs import JobStatus, JobType
 from services.jobs.celery_app import make_celery
+from services.jobs.interface import TransitionRefused
 from services.jobs.monitoring import (
     DURATION_BUCKETS,
     JobStats,
@@ -16,9 +18,8 @@ from services.jobs.monitoring import (
     parse_nvidia_smi,
     queue_depths,
 )
-from services.contracts.jobs import JobStatus, JobType
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.settings import JobSettings
-from services.jobs.store import JobStore, TransitionRefused
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def test_buckets_are_cumulative_and_bounded():
 
 
 def test_running_set_follows_the_status_and_outcomes_count_once(client, key_prefix):
-    store = JobStore(client, prefix=key_prefix, ttl_s=100)
+    store = RedisJobSystem(client, prefix=key_prefix, ttl_s=100)
     a, _ = store.create(JobType.finetune, "alice", {})
     b, _ = store.create(JobType.finetune, "alice", {})
     c, _ = store.create(JobType.generate, "bob", {})
