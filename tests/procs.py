@@ -213,7 +213,7 @@ def start_detection(log_dir: Path):
     folder.mkdir()
     server = DetectionServer(service_env(folder), folder / "service.log")
     try:
-        server.wait_ready()
+        server.readiness = server.wait_ready()
     except BaseException:
         server.stop()
         raise

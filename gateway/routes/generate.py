@@ -25,7 +25,8 @@ class GenerateBody(GenerateParams, WebhookRequest):
 
 
 @router.post("/generate", status_code=202, response_model=JobView,
-             responses={200: {"model": JobView, "description": "finished within `Prefer: wait=N`"}})
+             responses={200: {"model": JobView, "description": "finished within `Prefer: wait=N`"},
+                        404: {"description": "`model` names no fine-tune of this API key (deleted, or never made)"}})
 async def generate(body: GenerateBody, request: Request, state: State, owner: Caller,
                    prefer: Annotated[str | None, Header()] = None,
                    idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
@@ -39,7 +40,7 @@ async def generate(body: GenerateBody, request: Request, state: State, owner: Ca
         try:
             await run_in_threadpool(state.store.get_model, params.model, owner)
         except JobNotFound:
-            raise Problem(422, "Unknown model", f"model `{params.model}` is neither `base` nor a fine-tune of "
+            raise Problem(404, "Unknown model", f"model `{params.model}` is neither `base` nor a fine-tune of "
                           "this API key that succeeded (see GET /models)", type_="unknown-model") from None
     spec = {"params": params.model_dump(mode="json"), **({"webhook": webhook} if webhook else {})}
     job, created = await run_in_threadpool(submit, state, owner, JobType.generate, spec, idempotency_key=idem,

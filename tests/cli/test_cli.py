@@ -275,7 +275,7 @@ def test_finetune_watch_with_prior_preservation_then_generate_with_the_model(run
 
 def test_generate_unknown_model_is_one_line(run, tmp_path):
     code, _, err = run("generate", "a photo of sks dog", "--model", "nope", "-o", str(tmp_path))
-    assert "Unknown model (422): model `nope` is neither `base`" in one_line_error(code, err)
+    assert "Unknown model (404): model `nope` is neither `base`" in one_line_error(code, err)
 
 
 def test_generate_saves_images_with_their_seeds(run, tmp_path):
@@ -330,6 +330,12 @@ def test_draw_with_a_file_name_takes_one_image_only(run, tmp_path):
     assert code == 0, err
     with Image.open(tmp_path / "one.png") as drawn:
         assert drawn.size == (480, 200)
+    # one document of several pages: numbered files beside the name given, never a folder of that name
+    (tmp_path / "doc.pdf").write_bytes(vector_pdf()[0])
+    code, _, err = run("detect", str(tmp_path / "doc.pdf"), "--pages", "1-2", "--draw", str(tmp_path / "pages.png"))
+    assert code == 0, err
+    assert not (tmp_path / "pages.png").exists()
+    assert (tmp_path / "pages.p1.png").is_file() and (tmp_path / "pages.p2.png").is_file()
 
 
 def test_draw_applies_the_exif_orientation_as_the_api_does(run, tmp_path):
