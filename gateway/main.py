@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.background import start_background
 from gateway.console import console_app
 from gateway.keys import KeyRing
-from gateway.detection_client import make_client
+from gateway.detection_client import DetectionForwarder, make_client
 from gateway.errors import document_problems, install_error_handlers
 from gateway.middleware import MetricsAndHeaders
 from gateway.routes import artifacts, deletion, detect, finetune, generate, health, jobs, models, whoami
@@ -45,6 +45,8 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
             workers=WorkerRegistry(monitoring_client(job_settings.redis_url), job_settings.key_prefix,
                                    ttl_s=3 * job_settings.worker_heartbeat_s),
             streams=StreamSlots(settings.max_streams_per_key),
+            forwarder=DetectionForwarder(settings.detection_url, settings.detection_connect_timeout_s,
+                                         settings.detection_timeout_s),
         )
         if not state.keys.configured:
             log.warning("no API keys configured: serving without authentication on %s only",
@@ -54,6 +56,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
         yield
         stop_background()
         await state.detection.aclose()
+        await state.forwarder.aclose()
         await state.jobs.aclose()
 
     app = FastAPI(title="DetBooth", version="0.1.0", lifespan=lifespan,
