@@ -343,6 +343,10 @@ def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
         return 0
     if not args.id:
         raise UsageError(f"jobs {args.action} needs a job id", "jobs")
+    if args.action == "delete":
+        client.delete_job(args.id)
+        print(f"deleted job {args.id}")
+        return 0
     if args.action == "watch":
         job = ensure_succeeded(follow(client, args.id, ProgressBar(sys.stderr)))
         print(json.dumps(job.get("result"), indent=2))
@@ -369,6 +373,12 @@ def cancel(client: DetBoothClient, job_id: str, *, as_json: bool, wait: bool) ->
 
 
 def cmd_models(client: DetBoothClient, args: argparse.Namespace) -> int:
+    if args.action == "delete":
+        if not args.id:
+            raise UsageError("models delete needs a model id", "models")
+        client.delete_model(args.id)
+        print(f"deleted model {args.id}")
+        return 0
     for m in client.models():
         print("\t".join([m["id"], m["kind"], m.get("instance_prompt") or m.get("base_model") or ""]))
     return 0
@@ -465,8 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save the images (default .)")
     g.set_defaults(func=cmd_generate)
 
-    j = sub.add_parser("jobs", help="list, show, watch (progress bar until it ends) or cancel your jobs")
-    j.add_argument("action", choices=["list", "show", "watch", "cancel"])
+    j = sub.add_parser("jobs", help="list, show, watch (progress bar until it ends), cancel or delete your jobs")
+    j.add_argument("action", choices=["list", "show", "watch", "cancel", "delete"])
     j.add_argument("id", nargs="?")
     j.add_argument("--type", choices=["finetune", "generate"])
     j.add_argument("--limit", type=int, default=20)
@@ -479,8 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     j.set_defaults(func=cmd_jobs)
 
-    m = sub.add_parser("models", help="list the base model and your fine-tunes")
+    m = sub.add_parser("models", help="list the base model and your fine-tunes, or delete a fine-tune")
+    m.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+    m.add_argument("id", nargs="?")
     m.set_defaults(func=cmd_models)
+
+    w = sub.add_parser("whoami", help="your owner id, limits and storage use")
+    w.set_defaults(func=lambda client, args: print(json.dumps(client.whoami(), indent=2)) or 0)
     return p
 
 

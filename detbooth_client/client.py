@@ -159,6 +159,18 @@ class DetBoothClient:
     def cancel(self, job_id: str) -> Job:
         return self._request("POST", f"/jobs/{job_id}/cancel").json()
 
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job with all its files (a queued or running job is canceled first)."""
+        self._request("DELETE", f"/jobs/{job_id}")
+
+    def delete_model(self, model_id: str) -> None:
+        """Delete a fine-tuned model's weights."""
+        self._request("DELETE", f"/models/{model_id}")
+
+    def whoami(self) -> dict[str, Any]:
+        """The caller's owner id, limits and storage use."""
+        return self._request("GET", "/whoami").json()
+
     def events(self, job_id: str, *, after: str | None = None, reconnects: int = 5) -> Iterator[Event]:
         """The job's events until it ends; a dropped stream is resumed from the last event id."""
         last, tries = after, 0

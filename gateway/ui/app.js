@@ -480,8 +480,18 @@ async function loadModels(selected) {
     select.replaceChildren(...models.map((m) => el("option", { value: m.id },
       m.kind === "base" ? `base (${m.base_model || "default"})` : `${m.id} — ${m.instance_prompt || m.method || "fine-tune"}`)));
     if ([...select.options].some((o) => o.value === keep)) select.value = keep;
+    $("gen-model-delete").disabled = select.value === "base";
   } catch (err) { showError("gen-error", err); }
 }
+
+$("gen-model").addEventListener("change", () => { $("gen-model-delete").disabled = $("gen-model").value === "base"; });
+$("gen-model-delete").addEventListener("click", async () => {
+  const id = $("gen-model").value;
+  if (id === "base" || !confirm(`Delete the fine-tuned model ${id}? Its weights are removed for good.`)) return;
+  showError("gen-error", null);
+  try { await api(`/models/${encodeURIComponent(id)}`, { method: "DELETE" }); await loadModels("base"); }
+  catch (err) { showError("gen-error", err); }
+});
 
 wireRangeOutput($("gen-guidance"));
 
@@ -568,7 +578,9 @@ function jobRow(job) {
       : p.total ? `${p.step} / ${p.total}` : ""),
     el("td", {}, jobDetails(job)),
     el("td", {}, TERMINAL.has(job.status) ? "" :
-      el("button", { type: "button", class: "small", onclick: () => cancelJob(job.id) }, "cancel")));
+      el("button", { type: "button", class: "small", onclick: () => cancelJob(job.id) }, "cancel"),
+      el("button", { type: "button", class: "small danger", "data-action": "delete",
+                     onclick: () => deleteJob(job.id) }, "delete")));
 }
 
 async function loadJobs(more) {
@@ -597,6 +609,12 @@ async function showJob(id) {
 
 async function cancelJob(id) {
   try { await getJSON(`/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }); await loadJobs(false); }
+  catch (err) { showError("jobs-error", err); }
+}
+
+async function deleteJob(id) {
+  if (!confirm(`Delete job ${id} and all its files? A running job is canceled first.`)) return;
+  try { await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }); await loadJobs(false); }
   catch (err) { showError("jobs-error", err); }
 }
 

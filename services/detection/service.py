@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 
 from .batcher import DynamicBatcher, all_buckets
-from .engine_selection import guarded_engine
+from .guard_process import isolated_guarded_engine
+from .memory import trim_native_heap
 from .metrics import Metrics
 from .models import ResolvedModel, normalize_config, postprocess_config, resize_config, resolve_model
 from .pipeline import Detector
@@ -54,14 +55,14 @@ class DetectionService:
             yml = self.model.inference_yml
             resize, normalize, postprocess = resize_config(yml, s), normalize_config(yml), postprocess_config(yml, s)
             self.state = State.GUARDING
-            self.selection = await asyncio.to_thread(guarded_engine, self.model, s, resize, normalize, postprocess,
+            self.selection = await asyncio.to_thread(isolated_guarded_engine, self.model, s, resize, normalize, postprocess,
                                                      all_buckets(s.bucket_sides))
             engine = self.selection.engine
             self.batcher = DynamicBatcher(
                 engine, max_batch_size=s.max_batch_size, max_queue_delay_ms=s.max_queue_delay_ms,
                 max_queue_images=s.max_queue_images, bucket_sides=s.bucket_sides, pad_to_buckets=s.bucket_mode == "padded", pow2_batches=s.pow2_batches, max_batch_pixels=s.max_batch_pixels,
                 engine_workers=s.engine_workers,
-                warmup=s.warmup, on_batch=self.metrics.observe_batch,
+                warmup=s.warmup, on_batch=self.metrics.observe_batch, on_idle=trim_native_heap,
             )
             self.engine_info = engine.describe()
             self.state = State.WARMING_UP

@@ -275,7 +275,7 @@ def test_finetune_watch_with_prior_preservation_then_generate_with_the_model(run
 
 def test_generate_unknown_model_is_one_line(run, tmp_path):
     code, _, err = run("generate", "a photo of sks dog", "--model", "nope", "-o", str(tmp_path))
-    assert "Unknown model (422): model `nope` is neither `base`" in one_line_error(code, err)
+    assert "Unknown model (404): model `nope` is neither `base`" in one_line_error(code, err)
 
 
 def test_generate_saves_images_with_their_seeds(run, tmp_path):
