@@ -50,14 +50,22 @@ class ProgressBar:
         self._pending: str | None = None
         self._drawn = False
 
-    def update(self, step: int, total: int, metrics: TrainingMetrics, eta_s: float | None) -> None:
+    def update(self, step: int, total: int, metrics: TrainingMetrics, eta_s: float | None,
+               phase: str | None = None, rate: float | None = None) -> None:
+        """`phase` (a fine-tune's) prefixes the line; `rate` is its units a second (images while making
+        class images); the training metrics are shown while training (or when no phase is given)."""
         frac = min(1.0, step / total) if total else 0.0
         filled = int(frac * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
-        shown = (("loss", metrics.loss), ("it/s", metrics.it_per_s), ("lr", metrics.lr))
+        shown: tuple[tuple[str, float | None], ...] = ()
+        if phase in (None, "training"):
+            shown = (("loss", metrics.loss), ("it/s", metrics.it_per_s or rate), ("lr", metrics.lr))
+        elif phase == "class_images":
+            shown = (("images/s", rate),)
         extra = "".join(f"  {name} {v:.4g}" for name, v in shown if v is not None)
         eta = f"  eta {eta_s:.0f}s" if eta_s is not None else ""
-        line = f"[{bar}] {step}/{total or '?'}{extra}{eta}"
+        label = f"{phase.replace('_', ' ')} " if phase else ""
+        line = f"{label}[{bar}] {step}/{total or '?'}{extra}{eta}"
         if self.tty:
             self.out.write("\r\x1b[2K" + line)
             self._drawn = True
@@ -98,8 +106,15 @@ def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> Job:
     for event in client.events(job_id):
         if event.event == "progress" and bar is not None:
             p = event.data.get("progress", {})
+            phase = p.get("phase")
+            shown = (p.get("phases") or {}).get(phase) or p  # a fine-tune's current phase, else the job's steps
             bar.update(
-                int(p.get("step", 0)), int(p.get("total", 0)), progress_metrics(event.data), p.get("eta_s")
+                int(shown.get("step", 0)),
+                int(shown.get("total", 0)),
+                progress_metrics(event.data),
+                shown.get("eta_s"),
+                phase=phase,
+                rate=shown.get("it_per_s"),
             )
         elif event.event == "status" and bar is not None:
             bar.message(f"status: {event.data.get('status')}")
@@ -142,6 +157,7 @@ def cmd_detect(client: DetBoothClient, args: argparse.Namespace) -> int:
         "pages": args.pages,
         "dpi": args.dpi,
         "previews": True if args.draw else None,  # PDF/TIFF pages come back as JPEGs to draw on
+        "model": args.model,
     }
     body = client.detect(paths, **params)
     if args.draw:
@@ -307,6 +323,10 @@ def cmd_generate(client: DetBoothClient, args: argparse.Namespace) -> int:
 def _job_line(job: Job) -> str:
     p = job.get("progress") or {}
     progress = f"{p.get('step', 0)}/{p['total']}" if p.get("total") else ""
+    phase = p.get("phase")
+    if job["status"] == "running" and phase and phase != "training" and (p.get("phases") or {}).get(phase):
+        now = p["phases"][phase]  # e.g. `class_images 37/100` while those are made
+        progress = f"{phase} {now.get('step', 0)}/{now.get('total', 0)}"
     err = (job.get("error") or {}).get("code", "")
     return "\t".join([job["id"], job["type"], job["status"], job["created_at"], progress, err]).rstrip()
 
@@ -324,6 +344,10 @@ def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
         return 0
     if not args.id:
         raise UsageError(f"jobs {args.action} needs a job id", "jobs")
+    if args.action == "delete":
+        client.delete_job(args.id)
+        print(f"deleted job {args.id}")
+        return 0
     if args.action == "watch":
         job = ensure_succeeded(follow(client, args.id, ProgressBar(sys.stderr)))
         print(json.dumps(job.get("result"), indent=2))
@@ -350,8 +374,18 @@ def cancel(client: DetBoothClient, job_id: str, *, as_json: bool, wait: bool) ->
 
 
 def cmd_models(client: DetBoothClient, args: argparse.Namespace) -> int:
+    if args.action == "delete":
+        if not args.id:
+            raise UsageError("models delete needs a model id", "models")
+        client.delete_model(args.id)
+        print(f"deleted model {args.id}")
+        return 0
     for m in client.models():
         print("\t".join([m["id"], m["kind"], m.get("instance_prompt") or m.get("base_model") or ""]))
+    for m in client.detection_models():
+        state = m.get("precision") or "not loaded"
+        notes = [state, *(["default"] if m.get("default") else []), *([m["display_name"]] if m.get("fallback") else [])]
+        print("\t".join([m["id"], "detection", ", ".join(notes)]))
     return 0
 
 
@@ -394,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--box-type", choices=["quad", "poly"])
     d.add_argument("--pages", metavar="SPEC", help="pages of each PDF/TIFF, e.g. 1-3,5 or 2- (default: all)")
     d.add_argument("--dpi", type=int, help="resolution PDF pages are rendered at (default 144)")
+    d.add_argument("--model", help="one of the deployment's detection models (see `detbooth models`)")
     d.set_defaults(func=cmd_detect)
 
     f = sub.add_parser("finetune", help="start a DreamBooth fine-tune on 3–20 images of a subject")
@@ -446,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save the images (default .)")
     g.set_defaults(func=cmd_generate)
 
-    j = sub.add_parser("jobs", help="list, show, watch (progress bar until it ends) or cancel your jobs")
-    j.add_argument("action", choices=["list", "show", "watch", "cancel"])
+    j = sub.add_parser("jobs", help="list, show, watch (progress bar until it ends), cancel or delete your jobs")
+    j.add_argument("action", choices=["list", "show", "watch", "cancel", "delete"])
     j.add_argument("id", nargs="?")
     j.add_argument("--type", choices=["finetune", "generate"])
     j.add_argument("--limit", type=int, default=20)
@@ -460,8 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     j.set_defaults(func=cmd_jobs)
 
-    m = sub.add_parser("models", help="list the base model and your fine-tunes")
+    m = sub.add_parser("models", help="list the base model, your fine-tunes and the detection models, or delete a "
+                                      "fine-tune")
+    m.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+    m.add_argument("id", nargs="?")
     m.set_defaults(func=cmd_models)
+
+    w = sub.add_parser("whoami", help="your owner id, limits and storage use")
+    w.set_defaults(func=lambda client, args: print(json.dumps(client.whoami(), indent=2)) or 0)
     return p
 
 

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from tests.procs import Proc, start_redis
+from tests.procs import detection_service, real_stack, shared_worker_stack  # noqa: F401  (session fixtures)
 
 # No test may reach a model hub: every process the suite starts inherits this. The one test of the online
 # download path lifts it and replaces the download with a copy of a local folder.

@@ -171,7 +171,9 @@ def _detbooth_environ(env: dict[str, str]) -> Iterator[None]:
 @contextmanager
 def inprocess_gateway(env: dict[str, str], **client_kw):
     """The gateway app of `env` (what `python -m gateway` would serve) in this process, with its lifespan run,
-    behind FastAPI's TestClient (an httpx client over ASGI), against the real Redis."""
+    behind FastAPI's TestClient (an httpx client over ASGI), against the real Redis. Only the settings classes
+    create_app takes come from `env`; a test of a setting read elsewhere, once per process (e.g.
+    DETBOOTH_GEN_MAX_SIDE), needs the subprocess gateway (start_gateway)."""
     from fastapi.testclient import TestClient
 
     from gateway.main import create_app
@@ -213,7 +215,7 @@ def start_detection(log_dir: Path):
     folder.mkdir()
     server = DetectionServer(service_env(folder), folder / "service.log")
     try:
-        server.wait_ready()
+        server.readiness = server.wait_ready()
     except BaseException:
         server.stop()
         raise
@@ -245,12 +247,16 @@ def detection_service(logs_dir):
     server.stop()
 
 
+def start_real_stack(redis_url: str, data_dir: Path, log_dir: Path, detection_url: str) -> Stack:
+    """Gateway and worker as `make run` has them, on a running detection service."""
+    env = base_env(redis_url, data_dir, DETBOOTH_RATE_LIMIT_PER_MINUTE="10000", DETBOOTH_DETECTION_URL=detection_url)
+    return start_stack(env, log_dir)
+
+
 @pytest.fixture(scope="session")
 def real_stack(redis_server, logs_dir, tmp_path_factory, detection_service) -> Iterator[Stack]:
-    """Detection service, gateway and worker as `make run` has them, for the CLI and the web console."""
-    env = base_env(redis_server, tmp_path_factory.mktemp("stack-data"), DETBOOTH_RATE_LIMIT_PER_MINUTE="10000",
-                   DETBOOTH_DETECTION_URL=detection_service.url)
-    stack = start_stack(env, logs_dir)
+    """The CLI tests' stack: the session's detection service, a gateway and a worker."""
+    stack = start_real_stack(redis_server, tmp_path_factory.mktemp("stack-data"), logs_dir, detection_service.url)
     yield stack
     stack.stop()
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
-from services.contracts.jobs import JobStatus, JobType, Progress
+from services.contracts.jobs import JobStatus, JobType, Phase, PhaseProgress, Progress
 from services.jobs.redis_system import RedisJobSystem
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
@@ -275,7 +275,7 @@ def test_finetune_watch_with_prior_preservation_then_generate_with_the_model(run
 
 def test_generate_unknown_model_is_one_line(run, tmp_path):
     code, _, err = run("generate", "a photo of sks dog", "--model", "nope", "-o", str(tmp_path))
-    assert "Unknown model (422): model `nope` is neither `base`" in one_line_error(code, err)
+    assert "Unknown model (404): model `nope` is neither `base`" in one_line_error(code, err)
 
 
 def test_generate_saves_images_with_their_seeds(run, tmp_path):
@@ -330,6 +330,12 @@ def test_draw_with_a_file_name_takes_one_image_only(run, tmp_path):
     assert code == 0, err
     with Image.open(tmp_path / "one.png") as drawn:
         assert drawn.size == (480, 200)
+    # one document of several pages: numbered files beside the name given, never a folder of that name
+    (tmp_path / "doc.pdf").write_bytes(vector_pdf()[0])
+    code, _, err = run("detect", str(tmp_path / "doc.pdf"), "--pages", "1-2", "--draw", str(tmp_path / "pages.png"))
+    assert code == 0, err
+    assert not (tmp_path / "pages.png").exists()
+    assert (tmp_path / "pages.p1.png").is_file() and (tmp_path / "pages.p2.png").is_file()
 
 
 def test_draw_applies_the_exif_orientation_as_the_api_does(run, tmp_path):
@@ -366,6 +372,11 @@ def test_detect_a_pdf_with_pages_draws_each_page(run, tmp_path):
         assert green.sum() > 500 and dark.sum() > 500
     assert not (tmp_path / "out" / "doc.p3.boxes.png").exists()
 
+    code, out, _ = run("models")
+    [detection] = [line.split("\t") for line in out.splitlines() if "\tdetection\t" in line]
+    assert "default" in detection[2] and "fp32" in detection[2]  # the stack serves exact fp32
+    code, _, err = run("detect", str(doc), "--model", "no-such-model")
+    assert "available: " in one_line_error(code, err)
     code, out, _ = run("detect", str(doc), "--pages", "3", "--dpi", "72", "--json")
     assert code == 0 and [(r["page"], r["width"]) for r in json.loads(out)["results"]] == [(3, 420)]
     code, _, err = run("detect", str(doc), "--pages", "2-9")
@@ -402,3 +413,53 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     # stderr is a pipe here: a line per step change (events may arrive bunched, so one may be merged away)
     assert steps[0] == "1/4" and steps[-1] == "4/4" and len(steps) >= 3 and steps == sorted(set(steps)), err
     assert json.loads(out)["model_url"].endswith(f"/artifacts/jobs/{job.id}/model/pytorch_lora_weights.safetensors")
+
+
+def test_watch_shows_each_phase_with_its_numbers_and_rate(run, stack):
+    """A fine-tune's phases as the worker reports them (played through the job store): the bar names the
+    phase and shows its own step, total, rate and ETA."""
+    store = RedisJobSystem(
+        redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]), prefix=stack.env["DETBOOTH_KEY_PREFIX"]
+    )
+    job, _ = store.create(JobType.finetune, owner_of(hash_key("key-alice")), {"config": {}})  # never queued
+    store.transition(job.id, JobStatus.running, expected={JobStatus.queued})
+    listed = {}
+
+    def report(phase, step, total, eta=None, rate=None, metrics=None, phases={}):
+        phases[phase] = PhaseProgress(step=step, total=total, eta_s=eta, it_per_s=rate)
+        training = phases.get(Phase.training, PhaseProgress(total=3))
+        store.report_progress(job.id, Progress(step=training.step, total=training.total, eta_s=training.eta_s,
+                                               phase=phase, phases=phases), metrics)
+        time.sleep(0.6)
+
+    def worker():
+        report(Phase.preparing, 0, 2)
+        report(Phase.preparing, 2, 2, eta=0)
+        report(Phase.class_images, 0, 4)
+        report(Phase.class_images, 2, 4, eta=1, rate=2.0)
+        listed["out"] = subprocess.run(  # what `jobs list` says meanwhile (a process: capsys is the watcher's)
+            [sys.executable, "-m", "detbooth_client", "--url", stack.url, "--api-key", "key-alice", "jobs", "list"],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        ).stdout
+        report(Phase.class_images, 4, 4, eta=0, rate=2.0)
+        report(Phase.training, 0, 3)
+        report(Phase.training, 3, 3, eta=0, rate=1.5, metrics={"loss": 0.5, "it_per_s": 1.5, "lr": 1e-4})
+        report(Phase.exporting, 0, 1, metrics={"loss": 0.5, "it_per_s": 1.5, "lr": 1e-4})
+        report(Phase.exporting, 1, 1, eta=0, metrics={"loss": 0.5, "it_per_s": 1.5, "lr": 1e-4})
+        store.transition(job.id, JobStatus.succeeded, expected={JobStatus.running}, result={"steps": 3})
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    code, out, err = run("jobs", "watch", job.id)
+    thread.join()
+    assert code == 0, err
+    lines = err.splitlines()
+    for expected in ("preparing [" + "#" * 30 + "] 2/2  eta 0s",
+                     "class images [" + "#" * 15 + "-" * 15 + "] 2/4  images/s 2  eta 1s",
+                     "class images [" + "#" * 30 + "] 4/4  images/s 2  eta 0s",
+                     "training [" + "#" * 30 + "] 3/3  loss 0.5  it/s 1.5  lr 0.0001  eta 0s",
+                     "exporting [" + "#" * 30 + "] 1/1  eta 0s"):
+        assert expected in lines, err
+    line = [row for row in listed["out"].splitlines() if row.startswith(job.id)][0]
+    assert line.split("\t")[2:][::2] == ["running", "class_images 2/4"], line
+

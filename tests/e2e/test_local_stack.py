@@ -84,6 +84,7 @@ def test_stack_starts_everything_restarts_the_dead_and_stops_cleanly(tmp_path):
         assert httpx.get(f"http://127.0.0.1:{gw}/models", headers=h).status_code == 200
         ready = httpx.get(f"http://127.0.0.1:{gw}/readyz").json()
         assert ready["ready"] and ready["checks"]["detection"]["ok"], ready
+        assert all(ready["checks"]["workers"][q]["workers_up"] == 1 for q in ("finetune", "generate")), ready
         children = psutil.Process(stack.pid).children(recursive=True)
         assert len(children) >= 5  # redis, detection, two workers (+ their pools), gateway
         generation_while_a_finetune_trains(f"http://127.0.0.1:{gw}", h)
@@ -176,8 +177,12 @@ def test_sigterm_to_make_runs_process_group_stops_every_child(tmp_path, signals)
     env, ports = small_stack_env(tmp_path)
     make = make_run(tmp_path, env)
     try:
-        wait_for_log(make, tmp_path / "stack.log", "DetBooth is up")
+        up = wait_for_log(make, tmp_path / "stack.log", "Ctrl-C stops everything")
         assert all(listening(p) for p in ports)
+        # one line says what it serves, and that the tiny Stable Diffusion draws noise
+        [models] = [line for line in up.splitlines() if line.startswith("  Models:")]
+        assert re.match(r"  Models:  detection PP-OCR\S+_det", models), models
+        assert "Stable Diffusion tiny (random weights: it draws noise" in models, models
         family = psutil.Process(make.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in family)
         for part in ("services.stack", "services.detection", "celery", "gateway", "valkey-server"):

@@ -64,31 +64,20 @@ def fault_note(request):
 
 
 @pytest.fixture(scope="session")
-def full_stack(redis_server, logs_dir, tmp_path_factory):
-    """Detection service + gateway + worker on loopback, shared by the bad-input, security and load tests."""
+def full_stack(redis_server, logs_dir, tmp_path_factory, detection_service):
+    """The session's detection service + a gateway + worker of their own (short limits), shared by the
+    bad-input, security and load tests."""
     from types import SimpleNamespace
 
     from tests.faults.support import FAST_REDELIVERY
-    from tests.integration.conftest import base_env
-    from tests.integration.detection.conftest import DetectionServer, service_env
-    from tests.procs import start_gateway, start_worker
+    from tests.procs import base_env, start_stack
 
-    det_tmp = tmp_path_factory.mktemp("faults-det")
-    detection = DetectionServer(service_env(det_tmp), det_tmp / "service.log")
-    started = []
-    try:
-        detection.wait_ready()
-        env = base_env(redis_server, tmp_path_factory.mktemp("faults-data"), DETBOOTH_DETECTION_URL=detection.url,
-                       DETBOOTH_RATE_LIMIT_PER_MINUTE="100000", DETBOOTH_MAX_TOTAL_BYTES="3000000",
-                       DETBOOTH_MAX_FILE_BYTES="1000000", DETBOOTH_DETECTION_TIMEOUT_S="20",
-                       DETBOOTH_MAX_WAIT_S="5", DETBOOTH_BODY_READ_TIMEOUT_S="3", DETBOOTH_GEN_MAX_SIDE="128",
-                       **FAST_REDELIVERY)
-        gateway, url = start_gateway(env, logs_dir)
-        started.append(gateway)
-        worker = start_worker(env, logs_dir)
-        started.append(worker)
-        yield SimpleNamespace(url=url, env=env, gateway=gateway, worker=worker, detection=detection)
-    finally:
-        for p in reversed(started):
-            p.stop()
-        detection.stop()
+    env = base_env(redis_server, tmp_path_factory.mktemp("faults-data"), DETBOOTH_DETECTION_URL=detection_service.url,
+                   DETBOOTH_RATE_LIMIT_PER_MINUTE="100000", DETBOOTH_MAX_TOTAL_BYTES="3000000",
+                   DETBOOTH_MAX_FILE_BYTES="1000000", DETBOOTH_DETECTION_TIMEOUT_S="20",
+                   DETBOOTH_MAX_WAIT_S="5", DETBOOTH_BODY_READ_TIMEOUT_S="3", DETBOOTH_GEN_MAX_SIDE="128",
+                   **FAST_REDELIVERY)
+    stack = start_stack(env, logs_dir)
+    yield SimpleNamespace(url=stack.url, env=env, gateway=stack.gateway, worker=stack.worker,
+                          detection=detection_service)
+    stack.stop()

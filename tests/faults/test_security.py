@@ -5,7 +5,7 @@ import pytest
 
 from tests.integration.conftest import ALICE, BOB, base_env
 from tests.integration.test_gateway_detection import text_png
-from tests.procs import start_gateway
+from tests.procs import inprocess_gateway
 
 pytestmark = pytest.mark.slow
 
@@ -48,18 +48,17 @@ def test_keys_never_logged(full_stack):
 
 
 @pytest.mark.fault("CORS", "no CORS headers by default; DETBOOTH_CORS_ORIGINS allows exactly those origins")
-def test_cors_on_only_when_configured(full_stack, redis_server, logs_dir, tmp_path, procs):
+def test_cors_on_only_when_configured(full_stack, redis_server, tmp_path):
     pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     r = httpx.options(f"{full_stack.url}/detect", headers=pre)
     assert "access-control-allow-origin" not in r.headers
     env = base_env(redis_server, tmp_path / "data", DETBOOTH_CORS_ORIGINS="https://app.example")
-    gw, url = start_gateway(env, logs_dir)
-    procs.append(gw)
-    r = httpx.options(f"{url}/detect", headers=pre)
-    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
-    r = httpx.options(f"{url}/detect", headers={**pre, "Origin": "https://evil.example"})
-    assert r.headers.get("access-control-allow-origin") != "https://evil.example"
-    r = httpx.get(f"{url}/models", headers={**ALICE, "Origin": "https://app.example"})
-    assert r.headers["access-control-allow-origin"] == "https://app.example"
-    for h in ("x-content-type-options", "x-frame-options", "referrer-policy"):
-        assert h in r.headers
+    with inprocess_gateway(env) as gw:
+        r = gw.options("/detect", headers=pre)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+        r = gw.options("/detect", headers={**pre, "Origin": "https://evil.example"})
+        assert r.headers.get("access-control-allow-origin") != "https://evil.example"
+        r = gw.get("/models", headers={**ALICE, "Origin": "https://app.example"})
+        assert r.headers["access-control-allow-origin"] == "https://app.example"
+        for h in ("x-content-type-options", "x-frame-options", "referrer-policy"):
+            assert h in r.headers

@@ -4,7 +4,6 @@ import os
 import signal
 import time
 
-import httpx
 import pytest
 
 from services.dreambooth.train.callbacks import list_checkpoints
@@ -18,19 +17,18 @@ from tests.faults.support import (
     wait_job,
 )
 from tests.integration.conftest import ALICE, base_env
-from tests.procs import start_gateway, start_worker
+from tests.procs import inprocess_gateway, start_worker
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def stack(redis_server, logs_dir, tmp_path, procs):
+    """A real worker process to kill, and the gateway in-process to watch its jobs."""
     env = base_env(redis_server, tmp_path / "data", **FAST_REDELIVERY)
-    gw, url = start_gateway(env, logs_dir)
-    procs.append(gw)
     worker = start_worker(env, logs_dir)
     procs.append(worker)
-    with httpx.Client(base_url=url, headers=ALICE, timeout=30) as client:
+    with inprocess_gateway(env, headers=ALICE) as client:
         yield client, env, worker, tmp_path / "data" / "artifacts"
 
 
@@ -51,7 +49,7 @@ def _check_resumed_once(client, job_id, artifacts, killed_at_step, fault_note, t
     assert result["steps"] == 24
     folder = artifacts / "jobs" / job_id
     assert not leftovers(folder), leftovers(folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "logs", "model"]  # checkpoints gone
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "logs", "model", "model.json"]  # no checkpoints
     assert sorted(p.name for p in (folder / "model").iterdir()) == ["pytorch_lora_weights.safetensors"]
     models = [m["id"] for m in client.get("/models").json()["models"]]
     assert models.count(job_id) == 1

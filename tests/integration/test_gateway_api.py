@@ -1,4 +1,5 @@
-"""The gateway over real HTTP (uvicorn on loopback) with a real Redis; no worker runs here."""
+"""The gateway app in-process (create_app behind httpx over ASGI, lifespan run) on a real Redis; no worker runs
+here. `python -m gateway` itself is started once, to check that it refuses to serve openly."""
 
 import base64
 import json
@@ -7,7 +8,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import ALICE, BOB, png_bytes
-from tests.procs import start_gateway
+from tests.procs import inprocess_gateway
 
 CONFIG = {"instance_prompt": "a photo of sks dog", "class_prompt": "a photo of a dog", "max_train_steps": 2,
           "resolution": 64}
@@ -188,7 +189,7 @@ def test_generate_validation_and_unknown_model(client):
     assert "guidance_scale" in body["detail"]
     assert_problem(client.post("/generate", headers=ALICE, json={"prompt": "x", "width": 65}), 422)
     assert_problem(client.post("/generate", headers=ALICE, json={"prompt": 5}), 422)
-    body = assert_problem(client.post("/generate", headers=ALICE, json={"prompt": "x", "model": "nope"}), 422)
+    body = assert_problem(client.post("/generate", headers=ALICE, json={"prompt": "x", "model": "nope"}), 404)
     assert "nope" in body["detail"]
 
 
@@ -258,19 +259,16 @@ def test_path_traversal_in_artifacts_is_404(client):
         assert r.status_code == 404
 
 
-def test_rate_limit_is_429_with_retry_after(redis_server, logs_dir, tmp_path):
+def test_rate_limit_is_429_with_retry_after(redis_server, tmp_path):
     from tests.integration.conftest import base_env
 
-    proc, url = start_gateway(base_env(redis_server, tmp_path, DETBOOTH_RATE_LIMIT_PER_MINUTE="3"), logs_dir)
-    try:
-        codes = [httpx.get(f"{url}/jobs", headers=ALICE).status_code for _ in range(4)]
+    with inprocess_gateway(base_env(redis_server, tmp_path, DETBOOTH_RATE_LIMIT_PER_MINUTE="3")) as gw:
+        codes = [gw.get("/jobs", headers=ALICE).status_code for _ in range(4)]
         assert codes == [200, 200, 200, 429]
-        r = httpx.get(f"{url}/jobs", headers=ALICE)
+        r = gw.get("/jobs", headers=ALICE)
         assert_problem(r, 429)
         assert 1 <= int(r.headers["retry-after"]) <= 61
-        assert httpx.get(f"{url}/jobs", headers=BOB).status_code == 200  # per key
-    finally:
-        proc.stop()
+        assert gw.get("/jobs", headers=BOB).status_code == 200  # per key
 
 
 def test_open_gateway_without_keys_is_refused(redis_server, logs_dir, tmp_path):

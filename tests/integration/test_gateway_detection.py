@@ -1,4 +1,5 @@
-"""Gateway -> detection service over real HTTP: pass-through, errors, service down, hung, back again."""
+"""Gateway (in-process) -> detection service over real HTTP: pass-through, errors, service down, hung, back
+again."""
 
 import base64
 import os
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import ALICE, base_env, png_bytes
-from tests.integration.detection.conftest import DetectionServer, service_env
-from tests.procs import Proc, free_port, python_cmd, start_gateway
+from tests.integration.detection.conftest import service_env
+from tests.procs import Proc, free_port, inprocess_gateway, python_cmd
 
 
 def text_png() -> bytes:
@@ -24,27 +25,21 @@ def text_png() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def detection(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("det")
-    server = DetectionServer(service_env(tmp), tmp / "service.log")
-    server.wait_ready()
-    yield server
-    server.stop()
+def detection(detection_service):
+    return detection_service
 
 
 @pytest.fixture(scope="module")
-def gateway(redis_server, logs_dir, tmp_path_factory, detection):
+def gateway(redis_server, tmp_path_factory, detection):
     env = base_env(redis_server, tmp_path_factory.mktemp("data"), DETBOOTH_DETECTION_URL=detection.url,
                    DETBOOTH_DETECTION_TIMEOUT_S="3")
-    proc, url = start_gateway(env, logs_dir)
-    yield url
-    proc.stop()
+    with inprocess_gateway(env) as client:
+        yield client
 
 
 def test_detect_multipart_and_json_pass_through(gateway, detection):
     png = text_png()
-    r = httpx.post(f"{gateway}/detect", headers=ALICE, files=[("images", ("t.png", png, "image/png"))] * 2,
-                   timeout=60)
+    r = gateway.post("/detect", headers=ALICE, files=[("images", ("t.png", png, "image/png"))] * 2)
     assert r.status_code == 200, r.text
     body = r.json()
     assert "fallback" in body["model"] and len(body["results"]) == 2
@@ -55,15 +50,15 @@ def test_detect_multipart_and_json_pass_through(gateway, detection):
     direct = httpx.post(f"{detection.url}/v1/detect", files=[("images", ("t.png", png, "image/png"))]).json()
     assert direct["results"][0]["boxes"] == first["boxes"]
 
-    j = httpx.post(f"{gateway}/detect", headers=ALICE, timeout=60,
-                   json={"images": [base64.b64encode(png).decode()], "params": {"box_thresh": 0.999}})
+    j = gateway.post("/detect", headers=ALICE,
+                     json={"images": [base64.b64encode(png).decode()], "params": {"box_thresh": 0.999}})
     assert j.status_code == 200 and j.json()["results"][0]["boxes"] == []
 
 
 def test_detection_errors_pass_through_as_problems(gateway):
     png = png_bytes()
     truncated = png[: len(png) // 2]  # a PNG header the gateway accepts; the detection service cannot decode it
-    r = httpx.post(f"{gateway}/detect", headers=ALICE, files=[("images", ("x.png", truncated, "image/png"))])
+    r = gateway.post("/detect", headers=ALICE, files=[("images", ("x.png", truncated, "image/png"))])
     assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
     assert r.json()["type"].endswith("corrupt-image"), r.text
 
@@ -76,17 +71,15 @@ def hung_server() -> tuple[socket.socket, str]:
     return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def test_hung_detection_is_504_within_the_timeout(redis_server, logs_dir, tmp_path):
+def test_hung_detection_is_504_within_the_timeout(redis_server, tmp_path):
     sock, url = hung_server()
     env = base_env(redis_server, tmp_path, DETBOOTH_DETECTION_URL=url, DETBOOTH_DETECTION_TIMEOUT_S="2")
-    proc, gw = start_gateway(env, logs_dir)
     try:
-        start = time.monotonic()
-        r = httpx.post(f"{gw}/detect", headers=ALICE, files=[("images", ("t.png", text_png(), "image/png"))],
-                       timeout=30)
-        assert r.status_code == 504 and time.monotonic() - start < 10
+        with inprocess_gateway(env) as gw:
+            start = time.monotonic()
+            r = gw.post("/detect", headers=ALICE, files=[("images", ("t.png", text_png(), "image/png"))])
+            assert r.status_code == 504 and time.monotonic() - start < 10
     finally:
-        proc.stop()
         sock.close()
 
 
@@ -101,17 +94,16 @@ def test_stopped_detection_is_503_and_recovers(redis_server, logs_dir, tmp_path)
     port = free_port()
     det = start_detection_on(port, tmp_path, logs_dir)
     env = base_env(redis_server, tmp_path, DETBOOTH_DETECTION_URL=f"http://127.0.0.1:{port}")
-    proc, gw = start_gateway(env, logs_dir)
     files = [("images", ("t.png", text_png(), "image/png"))]
     try:
-        assert httpx.post(f"{gw}/detect", headers=ALICE, files=files, timeout=60).status_code == 200
-        det.stop()
-        start = time.monotonic()
-        r = httpx.post(f"{gw}/detect", headers=ALICE, files=files, timeout=30)
-        assert r.status_code == 503 and time.monotonic() - start < 10 and r.headers["retry-after"]
-        assert httpx.get(f"{gw}/readyz").json()["checks"]["detection"]["ok"] is False
-        det = start_detection_on(port, tmp_path, logs_dir)  # back: the gateway recovers without a restart
-        assert httpx.post(f"{gw}/detect", headers=ALICE, files=files, timeout=60).status_code == 200
+        with inprocess_gateway(env) as gw:
+            assert gw.post("/detect", headers=ALICE, files=files).status_code == 200
+            det.stop()
+            start = time.monotonic()
+            r = gw.post("/detect", headers=ALICE, files=files)
+            assert r.status_code == 503 and time.monotonic() - start < 10 and r.headers["retry-after"]
+            assert gw.get("/readyz").json()["checks"]["detection"]["ok"] is False
+            det = start_detection_on(port, tmp_path, logs_dir)  # back: the gateway recovers without a restart
+            assert gw.post("/detect", headers=ALICE, files=files).status_code == 200
     finally:
-        proc.stop()
         det.stop()

@@ -7,11 +7,11 @@ def stack(worker_stack):
     return worker_stack
 
 def test_generate_job_runs_on_the_worker(stack):
-    r = stack.post("/generate", headers={"Prefer": "wait=30"},
+    r = stack.post("/generate", headers={"Prefer": "wait=60"},
                    json={"prompt": "a photo of sks dog", "num_inference_steps": 2, "width": 64, "height": 64})
     assert r.status_code == 200, r.text
     job = r.json()
-    assert r.headers["preference-applied"] == "wait=30"
+    assert r.headers["preference-applied"] == "wait=60"
     assert job["status"] == "succeeded" and job["attempts"] == 1 and job["started_at"], job
     image = job["result"]["images"][0]
     assert stack.get(image["url"]).content[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,6 +18,10 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def readyz_workers(gw) -> dict:
+    return gw.get("/readyz").json()["checks"]["workers"]
+
+
 def wait_for(check, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while not (got := check()):
@@ -29,14 +33,14 @@ def wait_for(check, timeout: float, what: str):
 def test_workers_per_queue_up_then_down_when_killed(redis_server, logs_dir, tmp_path, procs):
     env = base_env(redis_server, tmp_path / "data", DETBOOTH_WORKER_HEARTBEAT_S="0.5")
     with inprocess_gateway(env) as gw:
-        workers = gw.get("/readyz").json()["checks"]["workers"]
+        workers = readyz_workers(gw)
         assert workers == {q: {"up": False, "workers_up": 0, "workers": []} for q in ("finetune", "generate")}
         assert metric(gw.get("/metrics").text, "detbooth_workers_up", queue="generate") == 0
 
         worker = start_worker(env, logs_dir, queues="generate")
         procs.append(worker)
-        workers = wait_for(lambda: (w := gw.get("/readyz").json()["checks"]["workers"])["generate"]["up"] and w,
-                           30, "the generate worker to show up")
+        workers = wait_for(lambda: (w := readyz_workers(gw))["generate"]["up"] and w, 30,
+                           "the generate worker to show up")
         assert workers["finetune"]["up"] is False  # nobody serves fine-tunes
         [seen] = workers["generate"]["workers"]
         assert seen["up"] and seen["name"].startswith("test-")
@@ -45,8 +49,8 @@ def test_workers_per_queue_up_then_down_when_killed(redis_server, logs_dir, tmp_
         assert metric(text, "detbooth_workers_up", queue="finetune") == 0
 
         os.killpg(worker.pid, signal.SIGKILL)  # no clean goodbye: its beats stop
-        workers = wait_for(lambda: not (w := gw.get("/readyz").json()["checks"]["workers"])["generate"]["up"] and w,
-                           10, "the killed worker to be reported down")
+        workers = wait_for(lambda: not (w := readyz_workers(gw))["generate"]["up"] and w, 10,
+                           "the killed worker to be reported down")
         assert [w["up"] for w in workers["generate"]["workers"]] == [False]
         assert gw.get("/readyz").json()["ready"] is True  # the gateway itself still takes jobs
 
@@ -66,9 +70,8 @@ def test_metrics_count_queue_depth_running_and_finished_jobs(worker_stack):
     assert metric(text, "detbooth_jobs_running", type="generate") == 0
     assert metric(text, "detbooth_workers_up", queue="generate") == 1
 
-    # queued behind nothing but a cancel: depth counts waiting tasks; cancel keeps the count honest
-    ids = [gw.post("/generate", json={"prompt": "x", "num_inference_steps": 1, "width": 64, "height": 64}).json()["id"]
-           for _ in range(2)]
+    small = {"prompt": "x", "num_inference_steps": 1, "width": 64, "height": 64}
+    ids = [gw.post("/generate", json=small).json()["id"] for _ in range(2)]
     text = gw.get("/metrics").text
     assert metric(text, "detbooth_queue_depth", queue="generate") in (0, 1, 2)  # the worker takes them meanwhile
     assert metric(text, "detbooth_queue_depth", queue="finetune") == 0

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.stack import start_stack
-from tests.procs import ROOT
+from tests.procs import ROOT, start_real_stack
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts" / "ui"
@@ -38,8 +37,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server, logs_dir, tmp_path_factory):
-    s = start_stack(redis_server, tmp_path_factory.mktemp("data"), logs_dir)
+def stack(redis_server, logs_dir, tmp_path_factory, detection_service):
+    """A gateway and worker of the console's own (its keys start with no jobs) on the session's detection
+    service."""
+    s = start_real_stack(redis_server, tmp_path_factory.mktemp("data"), logs_dir, detection_service.url)
     yield s
     s.stop()
 

@@ -9,7 +9,7 @@ import httpx
 import redis
 
 from gateway.auth import hash_key, owner_of
-from services.contracts.jobs import JobStatus, JobType, Progress
+from services.contracts.jobs import JobStatus, JobType, Phase, PhaseProgress, Progress
 from services.jobs.redis_system import RedisJobSystem
 from tests.cli.stack import subject_images, text_image
 from tests.document_support import vector_pdf
@@ -100,6 +100,8 @@ def test_detect_shows_each_pdf_page_with_its_boxes(page, stack, tmp_path):
     pdf, truth = vector_pdf()
     (tmp_path / "doc.pdf").write_bytes(pdf)
     login(page, stack, tab="detect")
+    page.wait_for_selector("#det-model option >> nth=1", state="attached")  # the deployment's one model
+    assert page.eval_on_selector_all("#det-model option", "os => os.map(o => o.value)")[0] == ""
     page.fill("#det-pages", "2-3")
     page.set_input_files("#detect-files", [str(text_image(tmp_path / "photo.png")), str(tmp_path / "doc.pdf")])
     page.wait_for_selector(".det-card >> nth=2")
@@ -179,13 +181,25 @@ def test_finetune_progress_bar_loss_chart_and_cancel(page, stack):
     login(page, stack, tab="jobs")
     page.click(f"tr[data-job='{job.id}'] a.watch")
     page.wait_for_selector("#ft-state.running")
+    phases = {Phase.preparing: PhaseProgress(step=2, total=2, eta_s=0)}
+    store.report_progress(job.id, Progress(total=10, phase=Phase.preparing, phases=phases))
+    page.wait_for_selector("#ft-progress-text:has-text('preparing · 2 / 2 · eta 0 s')")
+    phases[Phase.class_images] = PhaseProgress(step=2, total=4, eta_s=1.2, it_per_s=2.0)
+    store.report_progress(job.id, Progress(total=10, phase=Phase.class_images, phases=phases))
+    page.wait_for_selector("#ft-progress-text:has-text('class images · 2 / 4 · 2.00 images/s · eta 1 s')")
+    assert page.eval_on_selector("#ft-progress", "p => [p.value, p.max]") == [2, 4]
+    shot(page, "finetune-class-images")
+    phases[Phase.class_images] = PhaseProgress(step=4, total=4, eta_s=0, it_per_s=2.0)
     for step in range(1, 7):
+        phases[Phase.training] = PhaseProgress(step=step, total=10, eta_s=2.0 * (10 - step), it_per_s=3.0)
         store.report_progress(
             job.id,
-            Progress(step=step, total=10, eta_s=2.0 * (10 - step)),
+            Progress(step=step, total=10, eta_s=2.0 * (10 - step), phase=Phase.training, phases=phases),
             {"loss": 0.5 / step + 0.05, "it_per_s": 3.0},
         )
-    page.wait_for_selector("#ft-progress-text:has-text('step 6 / 10 · loss 0.1333 · 3.00 it/s · eta 8 s')")
+    page.wait_for_selector(
+        "#ft-progress-text:has-text('training · step 6 / 10 · loss 0.1333 · 3.00 it/s · eta 8 s')"
+    )
     assert page.eval_on_selector("#ft-progress", "p => [p.value, p.max]") == [6, 10]
     assert page.evaluate("ft.losses.length") == 6
     shot(page, "finetune-progress")
@@ -261,3 +275,29 @@ def test_jobs_lists_own_jobs_with_status_details_and_cancel(page, stack):
     page.click("#jobs-refresh")
     page.wait_for_selector("#jobs-status:text('no jobs yet')")
     assert page.query_selector(row) is None
+
+
+def test_jobs_and_models_can_be_deleted(page, stack):
+    r = httpx.post(f"{stack.url}/generate", headers=ALICE,
+                   json={"prompt": "to delete", "num_inference_steps": 1, "width": 64, "height": 64})
+    job_id = r.json()["id"]
+    store = RedisJobSystem(redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]),
+                           prefix=stack.env["DETBOOTH_KEY_PREFIX"])
+    model_id = "d" * 32
+    store.register_model(owner_of(hash_key("key-alice")), model_id, {"method": "lora", "instance_prompt": "sks"})
+    page.on("dialog", lambda d: d.accept())  # the confirm() before each deletion
+    login(page, stack, tab="jobs")
+    row = f"tr[data-job='{job_id}']"
+    page.wait_for_selector(row)
+    page.click(f"{row} button[data-action='delete']")
+    page.wait_for_selector(row, state="detached")
+    assert httpx.get(f"{stack.url}/jobs/{job_id}", headers=ALICE).status_code == 404
+
+    page.click("a[data-tab='generate']")
+    page.wait_for_selector(f"#gen-model option[value='{model_id}']", state="attached")
+    page.select_option("#gen-model", model_id)
+    page.click("#gen-model-delete")
+    page.wait_for_selector(f"#gen-model option[value='{model_id}']", state="detached")
+    assert page.input_value("#gen-model") == "base" and page.is_disabled("#gen-model-delete")
+    assert model_id not in [m["id"] for m in httpx.get(f"{stack.url}/models", headers=ALICE).json()["models"]]
+    assert real_errors(page) == []

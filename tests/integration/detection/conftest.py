@@ -96,6 +96,7 @@ def start_detection(tmp_path_factory) -> Iterator:
 
 
 @pytest.fixture(scope="session")
-def detection(start_detection) -> DetectionServer:
-    """The default service: offline, so PP-OCRv5_server_det falls back to PP-OCRv5 mobile det on onnxruntime."""
-    return start_detection()
+def detection(detection_service) -> DetectionServer:
+    """The default service: offline, so PP-OCRv5_server_det falls back to PP-OCRv5 mobile det on onnxruntime.
+    The session's one (tests/procs.py), which the gateway, CLI, console and fault tests also use."""
+    return detection_service
