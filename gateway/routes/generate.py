@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
@@ -13,7 +14,7 @@ from gateway.submit import check_idempotency_key, fingerprint, prefer_wait, subm
 from gateway.webhooks import webhook_spec
 from services.contracts.generate import GenerateParams
 from services.contracts.jobs import JobType, JobView
-from services.contracts.problems import Problem
+from services.contracts.problems import Problem, validation_problem
 from services.contracts.webhooks import WebhookRequest
 from services.jobs.interface import JobNotFound
 
@@ -32,7 +33,10 @@ async def generate(body: GenerateBody, request: Request, state: State, owner: Ca
                    idempotency_key: Annotated[str | None, Header()] = None) -> JSONResponse:
     """Queue image generation. With `Prefer: wait=N` the answer waits up to N seconds for the images."""
     idem = check_idempotency_key(idempotency_key)
-    params = GenerateParams.model_validate(body.model_dump(exclude=set(WebhookRequest.model_fields)))
+    try:  # validated again as a whole: pydantic leaves defaults unchecked, and a default may be over a limit
+        params = GenerateParams.model_validate(body.model_dump(exclude=set(WebhookRequest.model_fields)))
+    except ValidationError as e:
+        raise validation_problem(e) from e
     webhook = await run_in_threadpool(  # resolves the host (blocking DNS)
         webhook_spec, body.model_dump(include=set(WebhookRequest.model_fields), exclude_unset=True),
         state.job_settings)

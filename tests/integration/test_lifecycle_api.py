@@ -107,3 +107,16 @@ def test_delete_of_unknown_or_foreign_ids_is_404(make):
     assert c.delete("/models/nope", headers=A1).status_code == 404
     assert c.delete(f"/jobs/{job}", headers=A2).status_code == 204  # queued: canceled, then removed
     assert c.get(f"/jobs/{job}", headers=A1).status_code == 404
+
+
+def test_a_default_size_over_the_deployments_limit_is_a_422_not_a_500(make, monkeypatch):
+    from services.contracts.generate import generation_limits
+
+    monkeypatch.setenv("DETBOOTH_GEN_MAX_SIDE", "128")
+    generation_limits.cache_clear()
+    try:
+        c, _ = make()
+        r = c.post("/generate", headers=A1, json={"prompt": "0"})  # width/height default to 512
+        assert r.status_code == 422 and "width" in r.json()["detail"], r.text
+    finally:
+        generation_limits.cache_clear()
