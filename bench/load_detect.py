@@ -2,6 +2,7 @@
 
     python bench/load_detect.py --url http://127.0.0.1:8000 --key KEY --requests 10000 \
         --pids gateway=PID detection=PID [--shapes 64 --seed 1]
+    python bench/load_detect.py --stack --requests 10000     # starts Redis + detection (as shipped) + gateway
 Prints one JSON line. Used by tests/faults/test_load.py with a small --requests.
 """
 
@@ -78,8 +79,9 @@ def run(url: str, key: str, requests: int, users: int, pids: dict[str, int], tim
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--url", required=True)
-    ap.add_argument("--key", required=True)
+    ap.add_argument("--url")
+    ap.add_argument("--key")
+    ap.add_argument("--stack", action="store_true", help="start Redis, the detection service and a gateway here")
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--users", type=int, default=8)
     ap.add_argument("--shapes", type=int, default=64, help="distinct image sizes")
@@ -89,7 +91,21 @@ def main() -> None:
     ap.add_argument("--pids", nargs="*", default=[], help="name=pid of each service to watch")
     a = ap.parse_args()
     pids = {k: int(v) for k, v in (p.split("=") for p in a.pids)}
-    print(json.dumps(run(a.url, a.key, a.requests, a.users, pids, a.timeout, a.shapes, a.seed, a.max_side)))
+    if not a.stack:
+        print(json.dumps(run(a.url, a.key, a.requests, a.users, pids, a.timeout, a.shapes, a.seed, a.max_side)))
+        return
+    sys.path.insert(0, str(HERE.parent))
+    from bench.detect_bench import KEY, Stack
+
+    with tempfile.TemporaryDirectory(prefix="load-detect-") as tmp:
+        stack = Stack(os.cpu_count() or 1, Path(tmp), Path.home() / ".cache" / "detbooth-bench")
+        try:
+            print(json.dumps({"serving": stack.readiness.get("precision", {}).get("engine")}), flush=True)
+            pids = {"gateway": stack.gateway.pid, "detection": stack.detection.proc.pid}
+            print(json.dumps(run(stack.url, KEY, a.requests, a.users, pids, a.timeout, a.shapes, a.seed,
+                                 a.max_side)))
+        finally:
+            stack.stop()
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def cmd_detect(client: DetBoothClient, args: argparse.Namespace) -> int:
         "pages": args.pages,
         "dpi": args.dpi,
         "previews": True if args.draw else None,  # PDF/TIFF pages come back as JPEGs to draw on
+        "model": args.model,
     }
     body = client.detect(paths, **params)
     if args.draw:
@@ -343,6 +344,10 @@ def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
         return 0
     if not args.id:
         raise UsageError(f"jobs {args.action} needs a job id", "jobs")
+    if args.action == "delete":
+        client.delete_job(args.id)
+        print(f"deleted job {args.id}")
+        return 0
     if args.action == "watch":
         job = ensure_succeeded(follow(client, args.id, ProgressBar(sys.stderr)))
         print(json.dumps(job.get("result"), indent=2))
@@ -369,8 +374,18 @@ def cancel(client: DetBoothClient, job_id: str, *, as_json: bool, wait: bool) ->
 
 
 def cmd_models(client: DetBoothClient, args: argparse.Namespace) -> int:
+    if args.action == "delete":
+        if not args.id:
+            raise UsageError("models delete needs a model id", "models")
+        client.delete_model(args.id)
+        print(f"deleted model {args.id}")
+        return 0
     for m in client.models():
         print("\t".join([m["id"], m["kind"], m.get("instance_prompt") or m.get("base_model") or ""]))
+    for m in client.detection_models():
+        state = m.get("precision") or "not loaded"
+        notes = [state, *(["default"] if m.get("default") else []), *([m["display_name"]] if m.get("fallback") else [])]
+        print("\t".join([m["id"], "detection", ", ".join(notes)]))
     return 0
 
 
@@ -413,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--box-type", choices=["quad", "poly"])
     d.add_argument("--pages", metavar="SPEC", help="pages of each PDF/TIFF, e.g. 1-3,5 or 2- (default: all)")
     d.add_argument("--dpi", type=int, help="resolution PDF pages are rendered at (default 144)")
+    d.add_argument("--model", help="one of the deployment's detection models (see `detbooth models`)")
     d.set_defaults(func=cmd_detect)
 
     f = sub.add_parser("finetune", help="start a DreamBooth fine-tune on 3–20 images of a subject")
@@ -465,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", default=".", metavar="DIR", help="where to save the images (default .)")
     g.set_defaults(func=cmd_generate)
 
-    j = sub.add_parser("jobs", help="list, show, watch (progress bar until it ends) or cancel your jobs")
-    j.add_argument("action", choices=["list", "show", "watch", "cancel"])
+    j = sub.add_parser("jobs", help="list, show, watch (progress bar until it ends), cancel or delete your jobs")
+    j.add_argument("action", choices=["list", "show", "watch", "cancel", "delete"])
     j.add_argument("id", nargs="?")
     j.add_argument("--type", choices=["finetune", "generate"])
     j.add_argument("--limit", type=int, default=20)
@@ -479,8 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     j.set_defaults(func=cmd_jobs)
 
-    m = sub.add_parser("models", help="list the base model and your fine-tunes")
+    m = sub.add_parser("models", help="list the base model, your fine-tunes and the detection models, or delete a "
+                                      "fine-tune")
+    m.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
+    m.add_argument("id", nargs="?")
     m.set_defaults(func=cmd_models)
+
+    w = sub.add_parser("whoami", help="your owner id, limits and storage use")
+    w.set_defaults(func=lambda client, args: print(json.dumps(client.whoami(), indent=2)) or 0)
     return p
 
 

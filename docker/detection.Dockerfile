@@ -21,14 +21,18 @@ RUN python -c "from pathlib import Path; \
 from services.detection.models import download_model; \
 from services.detection.settings import PADDLEX_MODEL_URL; \
 print(download_model('PP-OCRv5_server_det', PADDLEX_MODEL_URL, Path('/opt/models'), 600))" \
-    && useradd --system --uid 10001 detbooth && mkdir -p /cache && chown detbooth /cache
+    && useradd --system --uid 10001 detbooth && mkdir -p /cache/trt && chown -R detbooth /cache
 USER detbooth
-# Exact-shape batching (boxes equal PaddleOCR's) on the GPU. TensorRT: DETBOOTH_DETECTION_USE_TENSORRT=true
-# (fp16, engines cached under /cache/trt; with DETBOOTH_DETECTION_BUCKET_MODE=padded one engine per bucket).
+# Exact-shape batching (boxes equal PaddleOCR's) on the GPU, TensorRT on: one dynamic-shape engine whose range
+# comes from the buckets (DETBOOTH_DETECTION_BUCKET_MODE=padded: one static engine per bucket plus an overflow
+# one), serialised under /cache/trt (a volume in docker-compose.yml) so a restart does not rebuild it. fp16/int8
+# TensorRT (int8 calibrated on the rendered calibration set) serves only after the precision guard accepted it.
 ENV DETBOOTH_DETECTION_HOST=0.0.0.0 DETBOOTH_DETECTION_PORT=8001 \
     DETBOOTH_DETECTION_MODEL=PP-OCRv5_server_det DETBOOTH_DETECTION_PADDLEX_CACHE_DIR=/opt/models \
     DETBOOTH_DETECTION_ALLOW_DOWNLOAD=false DETBOOTH_DETECTION_ENGINE=paddle DETBOOTH_DETECTION_DEVICE=gpu \
-    DETBOOTH_DETECTION_TRT_CACHE_DIR=/cache/trt DETBOOTH_DETECTION_MAX_BATCH_SIZE=16
+    DETBOOTH_DETECTION_USE_TENSORRT=true DETBOOTH_DETECTION_TRT_CACHE_DIR=/cache/trt \
+    DETBOOTH_DETECTION_DATA_DIR=/cache DETBOOTH_DETECTION_MAX_BATCH_SIZE=16 \
+    DETBOOTH_DETECTION_ENGINE_WORKERS=2 DETBOOTH_DETECTION_MAX_BATCH_PIXELS=0
 EXPOSE 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=180s --retries=5 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/readyz', timeout=2)" || exit 1

@@ -60,10 +60,6 @@ def parse_key_entries(entries: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def load_key_hashes(keys: list[str]) -> dict[str, str]:
-    return parse_key_entries(keys)
-
-
 class KeyRing:
     """The configured keys: the inline ones and the keys file's, re-read when the file changes.
 

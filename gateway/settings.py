@@ -37,6 +37,8 @@ class GatewaySettings(BaseSettings):
     max_train_steps: int = Field(default=5000, ge=1, description="largest config.max_train_steps accepted")
     max_class_images: int = Field(default=400, ge=1, description="largest config.num_class_images accepted")
     max_resolution: int = Field(default=1024, ge=64, description="largest config.resolution accepted")
+    storage_quota_bytes: int | None = Field(
+        default=None, ge=1, description="artifact bytes one owner may keep; a new job over it gets 413; unset: none")
 
     @property
     def keys(self) -> list[str]:

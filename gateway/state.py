@@ -8,6 +8,8 @@ import httpx
 from celery import Celery
 from fastapi import Depends, Request
 
+from gateway.detection_client import DetectionForwarder
+from gateway.event_hub import JobEventHub
 from gateway.keys import KeyRing
 from gateway.settings import GatewaySettings
 from gateway.streams import StreamSlots
@@ -25,13 +27,15 @@ class AppState:
     jobs: AsyncJobSystem  # its async side: reads and waits on the event loop
     artifacts: ArtifactStore
     celery: Celery
-    detection: httpx.AsyncClient
+    detection: httpx.AsyncClient  # health checks
     keys: KeyRing
     workers: WorkerRegistry
     streams: StreamSlots  # open event streams per owner, on this process
+    events: JobEventHub  # one reader per followed job, shared by its streams
+    forwarder: DetectionForwarder | None = None  # /detect's bodies, as received, to the detection service
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: FastAPI runs a sync one on a thread pool
     return request.app.state.detbooth
 
 

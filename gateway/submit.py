@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from gateway.quota import check_storage_quota
 from gateway.state import AppState
 from services.contracts.jobs import Job, JobType, new_job_id
 from services.contracts.problems import Problem
@@ -33,8 +34,12 @@ def check_idempotency_key(key: str | None) -> str | None:
 
 def submit(state: AppState, owner: str, job_type: JobType, spec: dict[str, Any], *,
            idempotency_key: str | None, fp: str,
-           write_inputs: Callable[[str], dict[str, Any]] | None = None) -> tuple[Job, bool]:
-    """Create and enqueue a job. Returns (job, created); a replayed Idempotency-Key returns the first job."""
+           write_inputs: Callable[[str], dict[str, Any]] | None = None,
+           input_bytes: int = 0) -> tuple[Job, bool]:
+    """Create and enqueue a job. Returns (job, created); a replayed Idempotency-Key returns the first job.
+
+    `input_bytes` (the uploads) count against the owner's storage quota from the start."""
+    check_storage_quota(state, owner, input_bytes)
     job_id = new_job_id()
     prefix = f"jobs/{job_id}"
     full_spec = dict(spec)
@@ -54,6 +59,7 @@ def submit(state: AppState, owner: str, job_type: JobType, spec: dict[str, Any],
         return job, False
     try:
         state.store.enqueue(job)
+        state.store.record_storage(owner, job.id, input_bytes)
     except Exception as e:
         log.error("could not enqueue job %s: %s", job.id, e)
         try:

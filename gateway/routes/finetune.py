@@ -121,7 +121,8 @@ async def finetune(request: Request, state: State, owner: Caller,
 
     try:
         job, created = await run_in_threadpool(submit, state, owner, JobType.finetune, spec, idempotency_key=idem,
-                                        fp=fingerprint(spec, [f.data for f in files]), write_inputs=write_inputs)
+                                        fp=fingerprint(spec, [f.data for f in files]), write_inputs=write_inputs,
+                                        input_bytes=sum(len(f.data) for f in files))
     except BaseException:
         await run_in_threadpool(slot.give_back)  # nothing was queued
         raise

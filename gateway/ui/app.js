@@ -215,6 +215,7 @@ function showTab() {
   if (tab === "jobs") loadJobs(false);
   if (tab === "finetune" && arg && (!ft.job || ft.job.id !== arg)) watchFinetuneById(arg);
   if (tab === "generate") loadModels();
+  if (tab === "detect") loadDetectionModels();
 }
 window.addEventListener("hashchange", showTab);
 
@@ -227,6 +228,7 @@ function detectParams() {
                    unclip_ratio: $("det-unclip").value, box_type: $("det-box-type").value };
   const pages = $("det-pages").value.trim();
   if (pages) params.pages = pages;
+  if ($("det-model").value) params.model = $("det-model").value;
   return params;
 }
 
@@ -246,7 +248,7 @@ async function runDetect() {
     detect.body = body;
     await renderDetections(body);
     $("detect-download").disabled = false;
-    $("detect-status").textContent = `${body.model} · ${Math.round(performance.now() - t0)} ms`;
+    $("detect-status").textContent = `${body.model} · ${body.precision} · ${Math.round(performance.now() - t0)} ms`;
   } catch (e) {
     if (seq !== detect.seq) return;
     $("detect-status").textContent = "";
@@ -294,6 +296,17 @@ function drawBoxes(ctx, boxes, scale) {
   }
 }
 
+async function loadDetectionModels() {
+  try {
+    const { detection } = await getJSON("/models");
+    const select = $("det-model"), keep = select.value;
+    const loaded = detection ? detection.models.filter((m) => m.ready) : [];
+    select.replaceChildren(el("option", { value: "" }, "default"), ...loaded.map((m) => el("option", { value: m.id },
+      `${m.id} · ${m.precision}${m.default ? " (default)" : ""}`)));
+    if ([...select.options].some((o) => o.value === keep)) select.value = keep;
+  } catch (err) { showError("detect-error", err); }
+}
+
 function setDetectFiles(files) {
   if (!files.length) { showError("detect-error", "Those are not images: drop PNG, JPEG, WebP, TIFF or PDF files."); return; }
   detect.files = files; detect.body = null;
@@ -310,6 +323,7 @@ for (const id of ["det-thresh", "det-box-thresh", "det-unclip"]) {
 }
 $("det-box-type").addEventListener("change", runDetect);
 $("det-pages").addEventListener("change", runDetect);
+$("det-model").addEventListener("change", runDetect);
 $("detect-download").addEventListener("click", () => {
   if (!detect.body) return;
   const out = { ...detect.body, params: detectParams(), files: detect.files.map((f) => f.name) };
@@ -480,8 +494,18 @@ async function loadModels(selected) {
     select.replaceChildren(...models.map((m) => el("option", { value: m.id },
       m.kind === "base" ? `base (${m.base_model || "default"})` : `${m.id} — ${m.instance_prompt || m.method || "fine-tune"}`)));
     if ([...select.options].some((o) => o.value === keep)) select.value = keep;
+    $("gen-model-delete").disabled = select.value === "base";
   } catch (err) { showError("gen-error", err); }
 }
+
+$("gen-model").addEventListener("change", () => { $("gen-model-delete").disabled = $("gen-model").value === "base"; });
+$("gen-model-delete").addEventListener("click", async () => {
+  const id = $("gen-model").value;
+  if (id === "base" || !confirm(`Delete the fine-tuned model ${id}? Its weights are removed for good.`)) return;
+  showError("gen-error", null);
+  try { await api(`/models/${encodeURIComponent(id)}`, { method: "DELETE" }); await loadModels("base"); }
+  catch (err) { showError("gen-error", err); }
+});
 
 wireRangeOutput($("gen-guidance"));
 
@@ -568,7 +592,9 @@ function jobRow(job) {
       : p.total ? `${p.step} / ${p.total}` : ""),
     el("td", {}, jobDetails(job)),
     el("td", {}, TERMINAL.has(job.status) ? "" :
-      el("button", { type: "button", class: "small", onclick: () => cancelJob(job.id) }, "cancel")));
+      el("button", { type: "button", class: "small", onclick: () => cancelJob(job.id) }, "cancel"),
+      el("button", { type: "button", class: "small danger", "data-action": "delete",
+                     onclick: () => deleteJob(job.id) }, "delete")));
 }
 
 async function loadJobs(more) {
@@ -597,6 +623,12 @@ async function showJob(id) {
 
 async function cancelJob(id) {
   try { await getJSON(`/jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }); await loadJobs(false); }
+  catch (err) { showError("jobs-error", err); }
+}
+
+async function deleteJob(id) {
+  if (!confirm(`Delete job ${id} and all its files? A running job is canceled first.`)) return;
+  try { await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" }); await loadJobs(false); }
   catch (err) { showError("jobs-error", err); }
 }
 

@@ -92,6 +92,8 @@ class DynamicBatcher:
         engine_workers: int = 1,
         warmup: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
+        on_idle: Callable[[], object] | None = None,
+        idle_after_s: float = 1.0,
     ) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size
@@ -109,6 +111,10 @@ class DynamicBatcher:
         self.engine_workers = engine_workers
         self.warmup = warmup
         self.on_batch = on_batch
+        # called once each time the batcher has had nothing to do for idle_after_s (e.g. to trim the heap)
+        self.on_idle = on_idle
+        self.idle_after_s = idle_after_s
+        self._idle_done = on_idle is None
         self._pending: dict[Shape, deque[_Item]] = {}
         self._queued = 0
         self._inflight = 0
@@ -209,7 +215,15 @@ class DynamicBatcher:
                 if self._stopping:
                     return None
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                if self._idle_done or self._inflight:
+                    await self._wakeup.wait()
+                    continue
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self.idle_after_s)
+                except TimeoutError:
+                    if not self._pending and not self._inflight:
+                        self._idle_done = True
+                        self.on_idle()
                 continue
             full = [shape for shape, q in self._pending.items() if len(q) >= self.batch_size_for(shape, 1 << 30)]
             oldest_at, oldest = min(heads)
@@ -230,6 +244,7 @@ class DynamicBatcher:
         return max(fits, default=1)
 
     def _take(self, shape: Shape) -> _Job:
+        self._idle_done = self.on_idle is None
         q = self._pending[shape]
         size = self.batch_size_for(shape, len(q))
         items = [q.popleft() for _ in range(size)]
@@ -310,6 +325,8 @@ class DynamicBatcher:
     def _finish(self, job: _Job, results, error: Exception | None, engine_s: float) -> None:
         self._inflight -= 1
         self._slots.release()
+        if not self._inflight and not self._idle_done:
+            self._wakeup.set()  # the scheduler starts its idle countdown
         if self.on_batch is not None:
             self.on_batch(len(job.items), engine_s)
         for i, item in enumerate(job.items):

@@ -3,6 +3,7 @@
 import io
 import logging
 import secrets
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,9 @@ class GenerationWorker:
         try:
             info = self.store.get_model(model_id, owner)
         except JobNotFound:
+            # deleted (or never made): drop this worker's copy of its files and its loaded pipeline too
+            shutil.rmtree(self.data_dir / "cache" / "models" / model_id, ignore_errors=True)
+            self.cache.drop_matching(f":{model_id}")
             raise JobFailed(
                 "unknown_model",
                 f"no fine-tuned model {model_id!r}: use 'base' or the id of a "

@@ -79,6 +79,16 @@ class PipelineCache:
                 self.budget_bytes / 1e9,
             )
 
+    def drop_matching(self, suffix: str) -> list[str]:
+        """Unload the models whose key ends with `suffix` (a deleted fine-tune's); returns their keys."""
+        with self._lock:
+            gone = [k for k in self._models if k.endswith(suffix)]
+            for k in gone:
+                del self._models[k]
+        if gone:
+            gc.collect()
+        return gone
+
     @property
     def used_bytes(self) -> int:
         return sum(m.nbytes for m in self._models.values())

@@ -43,11 +43,29 @@ def _generate_body(job: Job) -> dict:
     return worker_for(settings, job_store()).run(job)
 
 
+def _run(task, job_id: str, body) -> None:
+    try:
+        run_task(task, job_store(), settings, job_id, body)
+    finally:
+        _settle(job_id)
+
+
+def _settle(job_id: str) -> None:
+    """Count the job's files for its owner, or remove them when the job was deleted while it ran."""
+    from services.jobs.artifacts import ArtifactStore
+    from services.jobs.deletion import settle_artifacts
+
+    try:
+        settle_artifacts(job_store(), ArtifactStore(settings.artifacts_location), job_id)
+    except Exception:  # bookkeeping only: the sweeper catches what this misses
+        log.warning("could not settle the files of job %s", job_id, exc_info=True)
+
+
 @app.task(name=FINETUNE_TASK, bind=True, max_retries=None)
 def finetune(self, job_id: str) -> None:
-    run_task(self, job_store(), settings, job_id, _finetune_body)
+    _run(self, job_id, _finetune_body)
 
 
 @app.task(name=GENERATE_TASK, bind=True, max_retries=None)
 def generate(self, job_id: str) -> None:
-    run_task(self, job_store(), settings, job_id, _generate_body)
+    _run(self, job_id, _generate_body)

@@ -7,6 +7,7 @@ Keys are relative POSIX paths such as `jobs/<id>/images/0.png`; a key that could
 import posixpath
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import IO
@@ -28,6 +29,21 @@ def check_key(key: str) -> str:
     if any(not _SAFE_PART.match(p) for p in parts):
         raise BadArtifactKey(f"invalid artifact path: {key!r}")
     return "/".join(parts)
+
+
+def _is_temporary(path: str) -> bool:
+    return ".tmp-" in posixpath.basename(path)
+
+
+def _mtime(info: dict) -> float:
+    """Modification time from an fsspec `info` dict (local: `mtime` float; S3: `LastModified` datetime)."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if hasattr(value, "timestamp"):
+            return value.timestamp()
+    return 0.0
 
 
 class ArtifactStore:
@@ -69,18 +85,54 @@ class ArtifactStore:
     def size(self, key: str) -> int:
         return int(self.fs.size(self._path(key)))
 
+    def _fresh(self, path: str) -> str:
+        """Object-store file systems cache listings per process; another process (a worker, another gateway)
+        may have written or deleted since, so listings are always read afresh."""
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+        return path
+
     def list(self, prefix: str) -> list[str]:
         """Keys of all files under `prefix`, sorted."""
-        base = self._path(prefix)
+        base = self._fresh(self._path(prefix))
         if not self.fs.exists(base):
             return []
         found = self.fs.find(base)
-        return sorted(posixpath.relpath(p, self.root) for p in found)
+        return sorted(posixpath.relpath(p, self.root) for p in found if not _is_temporary(p))
 
-    def delete(self, prefix: str) -> None:
+    def usage(self, prefix: str) -> tuple[int, float]:
+        """(bytes, newest modification time as epoch seconds) of the files under `prefix`; (0, 0) if none."""
+        base = self._fresh(self._path(prefix))
+        if not self.fs.exists(base):
+            return 0, 0.0
+        total, newest = 0, 0.0
+        for path, info in self.fs.find(base, detail=True).items():
+            total += int(info.get("size") or 0)
+            newest = max(newest, _mtime(info))
+        return total, newest
+
+    def children(self, prefix: str) -> "list[str]":
+        """Names directly under `prefix` (e.g. the job ids under `jobs`), sorted."""
+        base = self._fresh(self._path(prefix))
+        if not self.fs.exists(base):
+            return []
+        return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(base, detail=False))
+
+    def delete(self, prefix: str, attempts: int = 5) -> bool:
+        """Remove everything under `prefix`; True when it is gone. A worker may still be writing there (a job
+        deleted while it runs): a file appearing mid-removal makes it try again, a few times, and what is
+        still left after that is the sweeper's (the job's tombstone lets it remove the rest at once)."""
         path = self._path(prefix)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        for attempt in range(attempts):
+            self._fresh(path)
+            if not self.fs.exists(path):
+                return True
+            try:
+                self.fs.rm(path, recursive=True)
+            except (FileNotFoundError, OSError):  # raced with a writer (ENOTEMPTY, a file gone under us)
+                time.sleep(0.05 * (attempt + 1))
+        self._fresh(path)
+        return not self.fs.exists(path)
 
     def local_path(self, key: str) -> Path:
         """A local file system path for `key` (local stores only: training reads and writes folders)."""

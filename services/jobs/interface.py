@@ -173,6 +173,46 @@ class JobSystem(Protocol):
     def get_model(self, model_id: str, owner: str) -> dict[str, Any]: ...
     def list_models(self, owner: str) -> list[dict[str, Any]]: ...
 
+    def unregister_model(self, model_id: str) -> str | None:
+        """Remove a model's registration (generation naming it then fails); its owner, or None."""
+
+    def model_owner(self, model_id: str) -> str | None: ...
+
+    # data lifecycle: deletion, storage use, recovery (services/jobs/deletion.py, sweeper.py, reindex.py) -----
+    def mark_deleted(self, job_id: str) -> None:
+        """Tombstone a deleted job, so files written for it afterwards are removed (sweeper, worker)."""
+
+    def is_deleted(self, job_id: str) -> bool: ...
+    def deleted_ids(self) -> set[str]: ...
+
+    def forget_deleted(self, older_than: float) -> None:
+        """Drop tombstones recorded before `older_than` (epoch seconds)."""
+
+    def live_ids(self, job_ids: list[str]) -> set[str]:
+        """Which of `job_ids` still have a job record or a registered model."""
+
+    def record_storage(self, owner: str, job_id: str, nbytes: int) -> None:
+        """Set the bytes a job's files take, counted for `owner`."""
+
+    def drop_storage(self, job_id: str) -> None: ...
+
+    def storage_used(self, owner: str) -> int:
+        """The bytes all the owner's counted jobs take."""
+
+    def is_indexed(self) -> bool:
+        """False when the store lost its data (or is new): models must be rebuilt from the artifact store."""
+
+    def mark_indexed(self) -> None: ...
+
+    def try_lock(self, name: str, ttl_s: int) -> bool:
+        """Take a named lock that lapses after `ttl_s` (one sweeper at a time across gateways)."""
+
+    def persistence(self) -> dict[str, str] | None:
+        """The store's persistence settings (`appendonly`, `save`); None when they cannot be read."""
+
+    def webhook_outbox(self, progress_interval_s: float = 10.0) -> Any:
+        """Where webhook deliveries wait (services/jobs/webhooks.py `Outbox`)."""
+
     def ping(self) -> bool: ...
 
 

@@ -138,3 +138,5 @@ def _finish(store: JobSystem, job_id: str, status: JobStatus, **kw: Any) -> None
             store.transition(job_id, status, expected={JobStatus.running}, **kw)
     except TransitionRefused as e:
         log.warning("job %s could not become %s: %s", job_id, status.value, e)
+    except JobNotFound:
+        log.info("job %s was deleted while it ran; nothing to record", job_id)

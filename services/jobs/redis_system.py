@@ -46,6 +46,7 @@ from services.jobs.interface import (
     TransitionRefused,
 )
 from services.jobs.monitoring import JobStats
+from services.jobs.redis_lifecycle import RedisLifecycle
 from services.jobs.settings import JobSettings
 from services.jobs.tasks import QUEUE_FOR_TYPE, TASK_FOR_TYPE
 
@@ -382,8 +383,9 @@ class RedisInFlight:
         return int(self._s.r.zcard(self._s.keys.in_flight(owner, job_type)))
 
 
-class RedisJobSystem:
-    """`JobSystem` on one Redis server, with Celery (Kombu's Redis transport) as the queue."""
+class RedisJobSystem(RedisLifecycle):
+    """`JobSystem` on one Redis server, with Celery (Kombu's Redis transport) as the queue. The data
+    lifecycle's keys (deletion, storage use, recovery marker, webhook outbox) are in services/jobs/redis_lifecycle.py."""
 
     def __init__(self, client: redis.Redis, prefix: str = "detbooth", ttl_s: int = 7 * 24 * 3600,
                  events_maxlen: int = 1000, *, celery: Celery | None = None, celery_keyprefix: str | None = None):
@@ -404,14 +406,17 @@ class RedisJobSystem:
         self._beat = client.register_script(_BEAT)
         self._hit = client.register_script(_HIT)
         self._reserve = client.register_script(_RESERVE)
+        self.init_lifecycle()
 
     @classmethod
     def from_settings(cls, settings: JobSettings, *, celery: Celery | None = None) -> "RedisJobSystem":
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=15, socket_connect_timeout=2,
                                       health_check_interval=10)
-        return cls(client, prefix=settings.key_prefix, ttl_s=settings.job_ttl_s,
-                   events_maxlen=settings.events_maxlen, celery=celery,
-                   celery_keyprefix=settings.celery_keyprefix)
+        system = cls(client, prefix=settings.key_prefix, ttl_s=settings.job_ttl_s,
+                     events_maxlen=settings.events_maxlen, celery=celery,
+                     celery_keyprefix=settings.celery_keyprefix)
+        system.webhooks.progress_interval_s = settings.webhook_progress_interval_s
+        return system
 
     # create / read -----------------------------------------------------------------------------------
     def create(self, job_type: JobType, owner: str, spec: dict[str, Any], *, job_id: str | None = None,
@@ -528,6 +533,7 @@ class RedisJobSystem:
         job = self.get(job_id)
         ran = (job.finished_at - job.started_at).total_seconds() if new.terminal and job.started_at else None
         self.stats.record(job.id, job.type.value, new.value, ran)
+        self.notify_status(job, new)
         return job
 
     def report_progress(self, job_id: str, progress: Progress,
@@ -539,6 +545,7 @@ class RedisJobSystem:
             fields["metrics"] = reported
         self._run_update(job_id, allowed={JobStatus.running}, new=None, fields=fields, event="progress",
                          event_data={"progress": progress.model_dump(mode="json"), "metrics": reported})
+        self.notify_progress(job_id)
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -554,7 +561,9 @@ class RedisJobSystem:
         raise TransitionRefused(job_id, job.status, JobStatus.canceled)
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.r.hget(self.keys.job(job_id), "cancel_requested") == b"true"
+        """True when the job was asked to stop, or no longer exists (deleted while it ran)."""
+        raw = self.r.hget(self.keys.job(job_id), "cancel_requested")
+        return raw is None or raw == b"true"
 
     def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 100) -> list[Event]:
         key = self.keys.events(job_id)
@@ -634,8 +643,9 @@ class RedisJobSystem:
 class AsyncRedisJobSystem:
     """`AsyncJobSystem` on `redis.asyncio`: waiting on a job's stream holds a connection, never a thread.
 
-    Blocking stream reads get their own connection pool (`max_waiting` connections), so a thousand open
-    event streams never keep a short `GET /jobs/{id}` from getting a connection.
+    Blocking stream reads get their own connection pool (`max_waiting` connections), so the gateway's event
+    readers never keep a short `GET /jobs/{id}` from getting a connection. Connecting may take a while on a
+    busy host (a burst of new streams): the connect timeout is generous.
     """
 
     def __init__(self, url: str, keys: Keys, *, max_waiting: int = 4096, max_connections: int = 256):
@@ -643,11 +653,11 @@ class AsyncRedisJobSystem:
         # blocking pools: past `max_connections` a caller waits (up to `timeout`) for a connection to come back
         # instead of failing at once
         self.r = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=10, socket_connect_timeout=2, socket_timeout=15,
+            url, max_connections=max_connections, timeout=10, socket_connect_timeout=10, socket_timeout=15,
             health_check_interval=10))
         # socket_timeout must outlast the longest XREAD BLOCK (10 s)
         self.blocking = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_waiting, timeout=30, socket_connect_timeout=2, socket_timeout=20))
+            url, max_connections=max_waiting, timeout=30, socket_connect_timeout=10, socket_timeout=20))
         self._hit = self.r.register_script(_HIT)
 
     @classmethod

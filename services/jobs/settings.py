@@ -40,6 +40,13 @@ class JobSettings(BaseSettings):
         default=5.0, gt=0, description="how often a worker records that it is up; down after 3 missed beats"
     )
 
+    sweep_interval_s: float = Field(
+        default=600.0, gt=0, description="how often the gateway's sweeper removes expired, deleted and orphaned files"
+    )
+    orphan_grace_s: float = Field(
+        default=3600.0, ge=0,
+        description="files of a job with no record are removed once their newest is this old (deleted jobs: at once)",
+    )
     webhook_secret: str | None = Field(
         default=None, description="`whsec_<base64>` secret that signs webhook deliveries; unset: webhooks off"
     )
@@ -57,6 +64,8 @@ class JobSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "JobSettings":
+        if self.webhook_secret == "":  # an unset variable passed through (compose's ${VAR:-})
+            self.webhook_secret = None
         if self.webhook_secret is not None:
             from standardwebhooks import Webhook
 

@@ -1,8 +1,9 @@
 """Webhooks in the Standard Webhooks format (https://www.standardwebhooks.com), through a Redis outbox.
 
 A job that asked for a webhook gets a delivery put in the outbox when it starts, makes progress (at most
-one per `webhook_progress_interval_s`) and ends. Putting it there is one Redis write, wrapped so that it can
-never fail the job; the job never waits on the receiver. A dispatcher thread in each gateway takes due
+one per `webhook_progress_interval_s`) and ends: the job system does it on each of those status changes,
+whoever makes them (worker, batching worker, gateway cancel). Putting it there is one Redis write, wrapped
+so that it can never fail the job; the job never waits on the receiver. A dispatcher thread in each gateway takes due
 deliveries (atomically, so replicas never send one twice at the same time), signs them with
 `DETBOOTH_WEBHOOK_SECRET` through the `standardwebhooks` package, POSTs them, and on any failure puts them
 back with exponential back-off until `webhook_max_attempts`. The outbox is in Redis, so deliveries survive a
@@ -16,16 +17,14 @@ after the submit-time check (DNS rebinding) is not reached.
 """
 
 import ipaddress
-import json
 import logging
 import random
 import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import redis
@@ -82,93 +81,29 @@ def event_payload(job: Any, event: WebhookEvent) -> dict[str, Any]:
     return {"type": f"job.{event.value}", "timestamp": datetime.now(UTC).isoformat(), "data": data}
 
 
-# KEYS: due zset. ARGV: now, claim-until, max count. Claims due deliveries by pushing them to claim-until.
-_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-return ids
-"""
+class Outbox(Protocol):
+    """Where deliveries wait (implemented by the job system's adapter: services/jobs/redis_system.py)."""
+
+    def put(self, url: str, payload: dict[str, Any], *, job_id: str = "", due: float | None = None) -> str: ...
+    def progress_allowed(self, job_id: str) -> bool: ...
+    def claim(self, *, lease_s: float, limit: int = 16) -> list[dict[str, Any]]: ...
+    def settle(self, delivery_id: str) -> None: ...
+    def retry_at(self, delivery_id: str, when: float) -> int: ...
+    def pending(self) -> int: ...
 
 
-class WebhookOutbox:
-    """The deliveries waiting to be sent: a hash per delivery and one sorted set of ids by due time."""
-
-    def __init__(self, client: redis.Redis, prefix: str, *, progress_interval_s: float = 10.0,
-                 keep_s: int = 3 * 24 * 3600):
-        self.r = client
-        self.prefix = prefix
-        self.progress_interval_s = progress_interval_s
-        self.keep_s = keep_s
-        self._claim = client.register_script(_CLAIM)
-
-    @property
-    def _due_key(self) -> str:
-        return f"{self.prefix}:webhooks:due"
-
-    def _delivery_key(self, delivery_id: str) -> str:
-        return f"{self.prefix}:webhook:{delivery_id}"
-
-    def _throttle_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:webhook-progress"
-
-    def emit(self, job: Any, event: WebhookEvent) -> str | None:
-        """Queue `event` for the job's webhook, if it asked for one. Never raises: a webhook is a side line."""
-        try:
-            target = (job.spec or {}).get("webhook")
-            if not target or event.value not in target.get("events", ()):
-                return None
-            if event == WebhookEvent.progress and self.progress_interval_s > 0:
-                ms = max(1, int(self.progress_interval_s * 1000))
-                if not self.r.set(self._throttle_key(job.id), "1", nx=True, px=ms):
-                    return None
-            return self.put(target["url"], event_payload(job, event), job_id=job.id)
-        except Exception:
-            log.warning("webhook %s for job %s could not be queued", event.value, job.id, exc_info=True)
+def emit(outbox: Outbox, job: Any, event: WebhookEvent) -> str | None:
+    """Queue `event` for the job's webhook, if it asked for one. Never raises: a webhook is a side line."""
+    try:
+        target = (job.spec or {}).get("webhook")
+        if not target or event.value not in target.get("events", ()):
             return None
-
-    def put(self, url: str, payload: dict[str, Any], *, job_id: str = "", due: float | None = None) -> str:
-        delivery_id = f"msg_{uuid.uuid4().hex}"
-        pipe = self.r.pipeline()
-        pipe.hset(self._delivery_key(delivery_id), mapping={
-            "url": url, "body": json.dumps(payload, separators=(",", ":")), "attempts": 0, "job_id": job_id,
-            "type": payload.get("type", "")})
-        pipe.expire(self._delivery_key(delivery_id), self.keep_s)
-        pipe.zadd(self._due_key, {delivery_id: time.time() if due is None else due})
-        pipe.execute()
-        return delivery_id
-
-    def claim(self, *, lease_s: float, limit: int = 16) -> list[dict[str, Any]]:
-        """Due deliveries, each now held for `lease_s` (after which it is due again if not settled)."""
-        now = time.time()
-        ids = [i.decode() for i in self._claim(keys=[self._due_key], args=[now, now + lease_s, limit])]
-        out = []
-        for delivery_id in ids:
-            raw = self.r.hgetall(self._delivery_key(delivery_id))
-            if not raw:  # expired or settled meanwhile
-                self.r.zrem(self._due_key, delivery_id)
-                continue
-            fields = {k.decode(): v.decode() for k, v in raw.items()}
-            out.append({"id": delivery_id, **fields, "attempts": int(fields.get("attempts", 0))})
-        return out
-
-    def settle(self, delivery_id: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.zrem(self._due_key, delivery_id)
-        pipe.delete(self._delivery_key(delivery_id))
-        pipe.execute()
-
-    def retry_at(self, delivery_id: str, when: float) -> int:
-        pipe = self.r.pipeline()
-        pipe.hincrby(self._delivery_key(delivery_id), "attempts", 1)
-        pipe.zadd(self._due_key, {delivery_id: when})
-        return int(pipe.execute()[0])
-
-    def pending(self) -> int:
-        return int(self.r.zcard(self._due_key))
-
-    def drop_job(self, job_id: str) -> None:
-        """Forget the throttle of a deleted job (its queued deliveries still go: they describe its end)."""
-        self.r.delete(self._throttle_key(job_id))
+        if event == WebhookEvent.progress and not outbox.progress_allowed(job.id):
+            return None
+        return outbox.put(target["url"], event_payload(job, event), job_id=job.id)
+    except Exception:
+        log.warning("webhook %s for job %s could not be queued", event.value, job.id, exc_info=True)
+        return None
 
 
 class WebhookSender:
@@ -209,7 +144,7 @@ def backoff_s(attempt: int, base_s: float, cap_s: float = 6 * 3600) -> float:
 class WebhookDispatcher:
     """A daemon thread: claim due deliveries, send them on a small pool, settle or reschedule each."""
 
-    def __init__(self, outbox: WebhookOutbox, sender: WebhookSender, *, max_attempts: int, retry_base_s: float,
+    def __init__(self, outbox: Outbox, sender: WebhookSender, *, max_attempts: int, retry_base_s: float,
                  poll_s: float = 0.5, workers: int = 4):
         self.outbox, self.sender = outbox, sender
         self.max_attempts, self.retry_base_s, self.poll_s = max_attempts, retry_base_s, poll_s
@@ -268,11 +203,7 @@ class WebhookDispatcher:
         return ok
 
 
-def outbox_from_settings(client: redis.Redis, settings: Any) -> WebhookOutbox:
-    return WebhookOutbox(client, settings.key_prefix, progress_interval_s=settings.webhook_progress_interval_s)
-
-
-def start_webhook_dispatcher(client: redis.Redis, settings: Any) -> WebhookDispatcher | None:
+def start_webhook_dispatcher(outbox: Outbox, settings: Any) -> WebhookDispatcher | None:
     """The gateway's delivery thread (None when no secret is set: then no job can ask for a webhook).
 
     It runs in the gateway rather than in a Celery worker: workers run one GPU task at a time (prefetch 1),
@@ -283,6 +214,6 @@ def start_webhook_dispatcher(client: redis.Redis, settings: Any) -> WebhookDispa
         return None
     sender = WebhookSender(settings.webhook_secret, allow_private=settings.webhook_allow_private,
                            timeout_s=settings.webhook_timeout_s)
-    return WebhookDispatcher(outbox_from_settings(client, settings), sender,
+    return WebhookDispatcher(outbox, sender,
                              max_attempts=settings.webhook_max_attempts,
                              retry_base_s=settings.webhook_retry_base_s).start()

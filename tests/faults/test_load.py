@@ -24,7 +24,7 @@ def test_detect_under_load(full_stack, fault_note):
     warm = run(full_stack.url, "key-alice", 60, 4, pids, timeout_s=60, shapes=16, seed=1, max_side=700)
     assert warm["failures"] == 0, warm
     res = run(full_stack.url, "key-alice", 200, 8, pids, timeout_s=90, shapes=16, seed=2, max_side=700)
-    assert res["requests"] >= 190 and res["failures"] == 0, res
+    assert res["requests"] >= 180 and res["failures"] == 0, res
     fault_note(f"{res['requests']} req, {res['rps']} req/s, p50 {res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms, "
                f"errors {res['error_rate']:.1%}, RSS MB start {warm['rss_mb_before']}, after warm-up "
                f"{warm['rss_mb_after']}, after {res['rss_mb_after']}, peak {res['rss_mb_peak']}")

@@ -49,7 +49,7 @@ def _check_resumed_once(client, job_id, artifacts, killed_at_step, fault_note, t
     assert result["steps"] == 24
     folder = artifacts / "jobs" / job_id
     assert not leftovers(folder), leftovers(folder)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "logs", "model"]  # checkpoints gone
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "logs", "model", "model.json"]  # no checkpoints
     assert sorted(p.name for p in (folder / "model").iterdir()) == ["pytorch_lora_weights.safetensors"]
     models = [m["id"] for m in client.get("/models").json()["models"]]
     assert models.count(job_id) == 1

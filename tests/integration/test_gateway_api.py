@@ -189,7 +189,7 @@ def test_generate_validation_and_unknown_model(client):
     assert "guidance_scale" in body["detail"]
     assert_problem(client.post("/generate", headers=ALICE, json={"prompt": "x", "width": 65}), 422)
     assert_problem(client.post("/generate", headers=ALICE, json={"prompt": 5}), 422)
-    body = assert_problem(client.post("/generate", headers=ALICE, json={"prompt": "x", "model": "nope"}), 422)
+    body = assert_problem(client.post("/generate", headers=ALICE, json={"prompt": "x", "model": "nope"}), 404)
     assert "nope" in body["detail"]
 
 

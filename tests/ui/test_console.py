@@ -100,6 +100,8 @@ def test_detect_shows_each_pdf_page_with_its_boxes(page, stack, tmp_path):
     pdf, truth = vector_pdf()
     (tmp_path / "doc.pdf").write_bytes(pdf)
     login(page, stack, tab="detect")
+    page.wait_for_selector("#det-model option >> nth=1", state="attached")  # the deployment's one model
+    assert page.eval_on_selector_all("#det-model option", "os => os.map(o => o.value)")[0] == ""
     page.fill("#det-pages", "2-3")
     page.set_input_files("#detect-files", [str(text_image(tmp_path / "photo.png")), str(tmp_path / "doc.pdf")])
     page.wait_for_selector(".det-card >> nth=2")
@@ -273,3 +275,29 @@ def test_jobs_lists_own_jobs_with_status_details_and_cancel(page, stack):
     page.click("#jobs-refresh")
     page.wait_for_selector("#jobs-status:text('no jobs yet')")
     assert page.query_selector(row) is None
+
+
+def test_jobs_and_models_can_be_deleted(page, stack):
+    r = httpx.post(f"{stack.url}/generate", headers=ALICE,
+                   json={"prompt": "to delete", "num_inference_steps": 1, "width": 64, "height": 64})
+    job_id = r.json()["id"]
+    store = RedisJobSystem(redis.Redis.from_url(stack.env["DETBOOTH_REDIS_URL"]),
+                           prefix=stack.env["DETBOOTH_KEY_PREFIX"])
+    model_id = "d" * 32
+    store.register_model(owner_of(hash_key("key-alice")), model_id, {"method": "lora", "instance_prompt": "sks"})
+    page.on("dialog", lambda d: d.accept())  # the confirm() before each deletion
+    login(page, stack, tab="jobs")
+    row = f"tr[data-job='{job_id}']"
+    page.wait_for_selector(row)
+    page.click(f"{row} button[data-action='delete']")
+    page.wait_for_selector(row, state="detached")
+    assert httpx.get(f"{stack.url}/jobs/{job_id}", headers=ALICE).status_code == 404
+
+    page.click("a[data-tab='generate']")
+    page.wait_for_selector(f"#gen-model option[value='{model_id}']", state="attached")
+    page.select_option("#gen-model", model_id)
+    page.click("#gen-model-delete")
+    page.wait_for_selector(f"#gen-model option[value='{model_id}']", state="detached")
+    assert page.input_value("#gen-model") == "base" and page.is_disabled("#gen-model-delete")
+    assert model_id not in [m["id"] for m in httpx.get(f"{stack.url}/models", headers=ALICE).json()["models"]]
+    assert real_errors(page) == []

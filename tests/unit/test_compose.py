@@ -76,6 +76,22 @@ def test_compose_file_is_valid_and_complete(tmp_path):
     assert services["gateway"]["environment"]["DETBOOTH_DETECTION_URL"] == "http://detection:8001"
 
 
+def test_detection_runs_tensorrt_with_its_engines_on_a_volume(tmp_path):
+    cfg = compose_config(tmp_path)
+    det = cfg["services"]["detection"]
+    env = det["environment"]
+    assert env["DETBOOTH_DETECTION_USE_TENSORRT"] == "true" and env["DETBOOTH_DETECTION_DEVICE"] == "gpu"
+    mounts = {v["target"]: v for v in det["volumes"]}
+    trt = mounts[env["DETBOOTH_DETECTION_TRT_CACHE_DIR"]]
+    assert trt["type"] == "volume" and trt["source"] in cfg["volumes"]  # engines survive a restart
+    from services.detection.settings import DetectionSettings
+
+    settings = DetectionSettings(_env_file=None, **{k.removeprefix("DETBOOTH_DETECTION_").lower(): v
+                                                    for k, v in env.items() if k.startswith("DETBOOTH_DETECTION_")
+                                                    and k not in ("DETBOOTH_DETECTION_DATA_DIR",)})
+    assert settings.use_tensorrt and settings.engine_workers == 2 and settings.max_batch_pixels == 0
+
+
 def test_one_gpu_layout_is_the_default(tmp_path):
     assert gpu_ids(compose_config(tmp_path)) == {"detection": ["0"], "worker-finetune": ["0"],
                                                  "worker-generate": ["0"]}

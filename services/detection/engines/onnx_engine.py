@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +11,14 @@ from ..settings import DetectionSettings
 from .base import Engine, Shape, as_prob_maps
 
 
-def select_providers(available: Sequence[str], settings: DetectionSettings) -> list:
-    """Execution providers in preference order; GPU ones only when the device is gpu and the build has them."""
+def select_providers(available: Sequence[str], settings: DetectionSettings,
+                     tensorrt: Callable[[], tuple[str, dict]] | None = None) -> list:
+    """Execution providers in preference order; GPU ones only when the device is gpu and the build has them.
+    ``tensorrt`` builds the TensorRT provider entry (profiles, caches, INT8 table: ``tensorrt.py``)."""
     providers: list = []
     if settings.device == "gpu":
-        if settings.use_tensorrt and "TensorrtExecutionProvider" in available:
-            settings.trt_cache_dir.mkdir(parents=True, exist_ok=True)
-            providers.append(("TensorrtExecutionProvider", {
-                "device_id": settings.gpu_id,
-                "trt_fp16_enable": settings.trt_precision == "fp16",
-                "trt_int8_enable": settings.trt_precision == "int8",
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(settings.trt_cache_dir),
-                "trt_min_subgraph_size": settings.trt_min_subgraph_size,
-                "trt_max_workspace_size": settings.trt_workspace_mb << 20,
-            }))
+        if settings.use_tensorrt and "TensorrtExecutionProvider" in available and tensorrt is not None:
+            providers.append(tensorrt())
         if "CUDAExecutionProvider" in available:
             providers.append(("CUDAExecutionProvider", {"device_id": settings.gpu_id}))
         if not providers:
@@ -58,7 +51,16 @@ class OnnxEngine(Engine):
         if not self.settings.ort_spin:
             # idle intra-op threads spin by default, taking the cores that decode/post-process share with them
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = select_providers(ort.get_available_providers(), self.settings)
+
+        def tensorrt() -> tuple[str, dict]:
+            import onnx
+
+            from .tensorrt import ort_tensorrt_provider
+
+            name = onnx.load(str(self.path), load_external_data=False).graph.input[0].name
+            return ort_tensorrt_provider(self.path, self.settings, name, buckets, max_batch_size)
+
+        providers = select_providers(ort.get_available_providers(), self.settings, tensorrt)
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
 

@@ -1,15 +1,17 @@
-"""Paddle Inference engine: CPU (oneDNN), GPU, and TensorRT subgraphs with one engine per shape bucket."""
+"""Paddle Inference engine: CPU (oneDNN), GPU, and TensorRT subgraphs over the batcher's shape buckets (dynamic
+shape ranges, serialised engines, INT8 calibrated on the rendered calibration set)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..settings import DetectionSettings
 from .base import Engine, Shape, as_prob_maps
+from .tensorrt import Profile, default_calibration, engine_key, overflow_cap, pad_to, trt_profiles
 
 INPUT = "x"
 
@@ -26,13 +28,18 @@ Call = tuple[str, tuple, dict]
 PRECISIONS = {"fp32": "Float32", "fp16": "Half", "int8": "Int8"}
 
 
+def trt_cache_dir(program: Path, settings: DetectionSettings, max_batch_size: int, bucket: Shape | None) -> Path:
+    tag = f"{bucket[0]}x{bucket[1]}" if bucket is not None else f"dyn{overflow_cap(settings.max_side_limit)}"
+    return settings.trt_cache_dir / f"{program.parent.name}_{settings.trt_precision}_b{max_batch_size}_{tag}"
+
+
 def config_calls(program: Path, settings: DetectionSettings, bucket: Shape | None = None,
-                 max_batch_size: int = 1) -> list[Call]:
+                 max_batch_size: int = 1, profile: Profile | None = None) -> list[Call]:
     """The ``paddle.inference.Config`` method calls these settings make, as data (testable without a GPU build).
 
-    With TensorRT and padded buckets there is one config per bucket: static H x W, dynamic batch
-    1..max_batch_size, engines serialised to a per-bucket cache folder, so no engine is rebuilt at run time.
-    With exact shapes (bucket None) one engine covers 32..max_side_limit on each side."""
+    With TensorRT, ``profile`` is the engine's shape range (``tensorrt.trt_profiles``: one static engine per padded
+    bucket plus a dynamic overflow engine, or one dynamic engine for exact shapes); engines and INT8 calibration
+    tables are serialised to a per-engine cache folder, so nothing is rebuilt at run time."""
     calls: list[Call] = [("disable_glog_info", (), {}), ("switch_ir_optim", (True,), {})]
     if program.suffix == ".pdmodel":
         # Paddle 3.3's new IR crashes with oneDNN on .pdmodel programs (ConvertPirAttribute2RuntimeAttribute);
@@ -52,16 +59,9 @@ def config_calls(program: Path, settings: DetectionSettings, bucket: Shape | Non
     calls.append(("enable_use_gpu", (256, settings.gpu_id), {}))
     if not settings.use_tensorrt:
         return calls
-    if bucket is not None:  # padded buckets: one static-shape engine per bucket
-        h, w = bucket
-        shapes = ({INPUT: [1, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]}, {INPUT: [max_batch_size, 3, h, w]})
-        tag = f"{h}x{w}"
-    else:  # exact shapes: one engine over every multiple-of-32 shape up to max_side_limit
-        top, opt = settings.max_side_limit, max(settings.bucket_sides)
-        shapes = ({INPUT: [1, 3, 32, 32]}, {INPUT: [max_batch_size, 3, top, top]},
-                  {INPUT: [max_batch_size, 3, opt, opt]})
-        tag = f"dyn{top}"
-    cache = settings.trt_cache_dir / f"{program.parent.name}_{settings.trt_precision}_b{max_batch_size}_{tag}"
+    if profile is None:
+        profile = trt_profiles([bucket] if bucket else [], max_batch_size, settings.max_side_limit,
+                               padded=bucket is not None)[bucket]
     calls += [
         ("enable_tensorrt_engine", (), {
             "workspace_size": settings.trt_workspace_mb << 20,
@@ -69,21 +69,42 @@ def config_calls(program: Path, settings: DetectionSettings, bucket: Shape | Non
             "min_subgraph_size": settings.trt_min_subgraph_size,
             "precision_mode": PRECISIONS[settings.trt_precision],
             "use_static": True,
+            # INT8: the first predictor runs the calibration images and writes the table into the cache folder
+            # (PaddleEngine.load); later ones find it there and build the INT8 engine from it
             "use_calib_mode": settings.trt_precision == "int8",
         }),
-        ("set_trt_dynamic_shape_info", shapes, {}),
-        ("set_optim_cache_dir", (str(cache),), {}),
+        # Paddle's order: min, max, opt
+        ("set_trt_dynamic_shape_info", ({INPUT: list(profile.min)}, {INPUT: list(profile.max)},
+                                        {INPUT: list(profile.opt)}), {}),
+        ("set_optim_cache_dir", (str(trt_cache_dir(program, settings, max_batch_size, bucket)),), {}),
     ]
     return calls
 
 
-def build_config(folder: Path, settings: DetectionSettings, bucket: Shape | None = None, max_batch_size: int = 1):
+def has_calibration_table(cache: Path) -> bool:
+    """Paddle writes TensorRT INT8 calibration tables as ``trt_calib_*`` under the optimisation cache folder."""
+    return cache.is_dir() and any(cache.rglob("trt_calib_*"))
+
+
+def calibration_inputs(settings: DetectionSettings, bucket: Shape | None, profile: Profile,
+                       batches: Iterable[np.ndarray] | None = None) -> list[np.ndarray]:
+    """The rendered calibration images, preprocessed as served; padded/cropped to a static bucket's shape, or, for
+    a dynamic engine, at their own shapes padded up to its smallest (those within its profile)."""
+    batches = default_calibration(settings) if batches is None else batches
+    if bucket is not None:
+        return [pad_to(b, bucket) for b in batches]
+    at_least = [pad_to(b, (max(b.shape[2], profile.min[2]), max(b.shape[3], profile.min[3]))) for b in batches]
+    return [b for b in at_least if profile.covers(b.shape)]
+
+
+def build_config(folder: Path, settings: DetectionSettings, bucket: Shape | None = None, max_batch_size: int = 1,
+                 profile: Profile | None = None):
     """A real ``paddle.inference.Config`` with ``config_calls`` applied."""
     from paddle import inference
 
     program, params = model_paths(folder)
     config = inference.Config(str(program), str(params))
-    for name, args, kwargs in config_calls(program, settings, bucket, max_batch_size):
+    for name, args, kwargs in config_calls(program, settings, bucket, max_batch_size, profile):
         if "precision_mode" in kwargs:
             kwargs = {**kwargs, "precision_mode": getattr(inference.PrecisionType, kwargs["precision_mode"])}
         if name == "set_optim_cache_dir":
@@ -105,15 +126,40 @@ class PaddleEngine(Engine):
     def load(self, buckets: Sequence[Shape], max_batch_size: int) -> None:
         from paddle import inference
 
-        per_bucket = self.settings.use_tensorrt and self.settings.bucket_mode == "padded"
-        keys: list[Shape | None] = list(buckets) if per_bucket else [None]
-        for key in keys:
-            config = build_config(self.folder, self.settings, key, max_batch_size)
-            self._masters[key] = inference.create_predictor(config)
+        s = self.settings
+        profiles: dict[Shape | None, Profile | None] = {None: None}
+        if s.device == "gpu" and s.use_tensorrt:
+            profiles = dict(trt_profiles(buckets, max_batch_size, s.max_side_limit, padded=s.bucket_mode == "padded"))
+        program, _ = model_paths(self.folder)
+        for key, profile in profiles.items():
+            if profile is not None and s.trt_precision == "int8":
+                cache = trt_cache_dir(program, s, max_batch_size, key)
+                if not has_calibration_table(cache):
+                    self._calibrate(build_config(self.folder, s, key, max_batch_size, profile),
+                                    calibration_inputs(s, key, profile))
+            self._masters[key] = inference.create_predictor(build_config(self.folder, s, key, max_batch_size,
+                                                                         profile))
+        self.profiles = profiles
+
+    @staticmethod
+    def _calibrate(config, inputs: Sequence[np.ndarray]) -> None:
+        """Run the calibration images through a calibration-mode predictor; Paddle writes the INT8 table when it
+        is destroyed."""
+        from paddle import inference
+
+        if not inputs:
+            raise RuntimeError("TensorRT INT8 calibration has no images within the engine's shape range")
+        predictor = inference.create_predictor(config)
+        handle = predictor.get_input_handle(predictor.get_input_names()[0])
+        for batch in inputs:
+            handle.reshape(list(batch.shape))
+            handle.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+            predictor.run()
+        del handle, predictor
 
     def _predictor(self, shape: Shape):
         """This thread's predictor (a ``clone()`` of the master: Paddle predictors are not thread-safe)."""
-        key = shape if shape in self._masters else None
+        key = engine_key(shape, self._masters)
         mine = getattr(self._local, "predictors", None)
         if mine is None:
             mine = self._local.predictors = {}

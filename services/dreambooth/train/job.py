@@ -6,6 +6,7 @@ Layout in the artifact store (all under `jobs/<id>/`):
     checkpoints/        step-NNNNNN.ckpt, the newest `keep_last_checkpoints` (removed once the job succeeds)
     logs/               tensorboard/, csv/metrics.csv, validation/step-NNNNNN/*.png
     model/              the export: a diffusers folder (full) or pytorch_lora_weights.safetensors (lora)
+    model.json          the model's owner and registration, from which a lost Redis is rebuilt
 
 A re-delivered task (worker died) finds config.yaml and the newest checkpoint and resumes from there.
 Once the model is exported and registered only model/, config.yaml and logs/ remain (train/retention.py).
@@ -139,7 +140,7 @@ def run_finetune_job(job: Job, store: JobSystem, artifacts: ArtifactStore, data_
     from services.dreambooth.base_models import BaseModelError, resolve_base_model
     from services.dreambooth.class_images import ensure_class_images
     from services.dreambooth.data import load_training_image
-    from services.dreambooth.train.retention import keep_only_the_model
+    from services.dreambooth.train.retention import keep_only_the_model, write_model_manifest
     from services.dreambooth.train.run import RunHooks, train_dreambooth
 
     config = job_config(job, artifacts)
@@ -214,6 +215,7 @@ def run_finetune_job(job: Job, store: JobSystem, artifacts: ArtifactStore, data_
     }
     if config.method == "lora":
         info["lora"] = {"rank": config.lora.rank, "alpha": config.lora.scale_alpha}
+    write_model_manifest(artifacts, job.owner, job.id, info)  # what a lost Redis is rebuilt from
     store.register_model(job.owner, job.id, info)
     removed = keep_only_the_model(artifacts, prefix)
     log.info("job %s: kept the model, config and logs; removed %s", job.id, ", ".join(removed) or "nothing")

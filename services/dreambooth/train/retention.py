@@ -6,9 +6,20 @@ uploaded photos, which are personal data. A failed or canceled job keeps its che
 or expires, so that nothing the user might want to inspect is lost early.
 """
 
+import json
+from typing import Any
+
 from services.jobs.artifacts import ArtifactStore
 
-KEPT_AFTER_SUCCESS = frozenset({"model", "config.yaml", "logs"})
+MANIFEST = "model.json"
+KEPT_AFTER_SUCCESS = frozenset({"model", "config.yaml", "logs", MANIFEST})
+
+
+def write_model_manifest(artifacts: ArtifactStore, owner: str, model_id: str, info: dict[str, Any]) -> str:
+    """`jobs/<id>/model.json`: the model's owner and registration, so that services.jobs.reindex can list
+    it again after Redis lost its data."""
+    body = {"model_id": model_id, "owner": owner, "info": info}
+    return artifacts.write_bytes(f"jobs/{model_id}/{MANIFEST}", json.dumps(body, indent=1).encode())
 
 
 def keep_only_the_model(artifacts: ArtifactStore, prefix: str) -> list[str]:

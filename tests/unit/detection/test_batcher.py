@@ -243,3 +243,23 @@ def test_batch_sizes_are_powers_of_two_by_default():
     assert sorted(c[0] for c in engine.calls) == [1, 2, 4]  # 7 queued: 4 + 2 + 1
     assert DynamicBatcher(MeanEngine(), max_batch_size=6).batch_sizes == [1, 2, 4, 6]
     assert DynamicBatcher(MeanEngine(), max_batch_size=3, pow2_batches=False).batch_sizes == [1, 2, 3]
+
+
+def test_on_idle_runs_once_per_quiet_spell():
+    engine = MeanEngine(delay_s=0.01)
+    idle: list[float] = []
+
+    async def main():
+        b = DynamicBatcher(engine, bucket_sides=[32], warmup=False, on_idle=lambda: idle.append(time.monotonic()),
+                           idle_after_s=0.1)
+        await b.start()
+        await asyncio.sleep(0.35)
+        assert len(idle) == 1  # after start (warm-up memory), once, not every 0.1 s
+        await b.infer(tensor(32, 32), 5)
+        await asyncio.sleep(0.05)
+        assert len(idle) == 1  # not before the quiet spell
+        await asyncio.sleep(0.3)
+        assert len(idle) == 2
+        await b.stop()
+
+    run(main())

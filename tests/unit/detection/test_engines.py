@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.detection.engines import create_engine
-from services.detection.engines.onnx_engine import OnnxEngine, select_providers
+from services.detection.engines.onnx_engine import OnnxEngine
 from services.detection.engines.paddle_engine import PaddleEngine, build_config, config_calls
 from services.detection.models import ResolvedModel
 from services.detection.postprocess import DBPostProcessor, PostprocessConfig
@@ -109,55 +109,9 @@ def test_cpu_paddle_config():
     assert config.cpu_math_library_num_threads() == 2
 
 
-def test_tensorrt_config_calls_per_bucket(tmp_path):
-    s = DetectionSettings(_env_file=None, device="gpu", gpu_id=1, use_tensorrt=True, trt_precision="fp16",
-                          trt_cache_dir=tmp_path, trt_min_subgraph_size=5)
-    calls = {name: (args, kw) for name, args, kw in config_calls(V4_PADDLE_DIR / "inference.pdmodel", s, (640, 960), 8)}
-    assert calls["enable_use_gpu"][0] == (256, 1)
-    assert "disable_gpu" not in calls and "enable_mkldnn" not in calls
-    trt = calls["enable_tensorrt_engine"][1]
-    assert trt["precision_mode"] == "Half" and trt["max_batch_size"] == 8 and trt["min_subgraph_size"] == 5
-    assert trt["use_static"] is True and trt["use_calib_mode"] is False
-    assert calls["set_trt_dynamic_shape_info"][0] == (
-        {"x": [1, 3, 640, 960]}, {"x": [8, 3, 640, 960]}, {"x": [8, 3, 640, 960]})
-    assert calls["set_optim_cache_dir"][0][0].endswith("ch_PP-OCRv4_det_infer_fp16_b8_640x960")
-    int8 = dict((n, kw) for n, _, kw in config_calls(V4_PADDLE_DIR / "inference.pdmodel",
-                                                       s.model_copy(update={"trt_precision": "int8"}), (32, 32), 1))
-    assert int8["enable_tensorrt_engine"]["use_calib_mode"] is True
-    wide = dict((n, a) for n, a, _ in config_calls(V4_PADDLE_DIR / "inference.pdmodel", s, None, 8))
-    assert wide["set_trt_dynamic_shape_info"] == ({"x": [1, 3, 32, 32]}, {"x": [8, 3, 4000, 4000]},
-                                                  {"x": [8, 3, 960, 960]})
-
-
-def test_tensorrt_engine_builds_one_predictor_per_bucket(tmp_path, monkeypatch):
-    built = []
-    monkeypatch.setattr("services.detection.engines.paddle_engine.build_config",
-                        lambda folder, settings, bucket, mb: built.append((bucket, mb)) or bucket)
-    monkeypatch.setattr("paddle.inference.create_predictor", lambda config: f"predictor-{config}")
-    s = DetectionSettings(_env_file=None, device="gpu", use_tensorrt=True, trt_cache_dir=tmp_path,
-                          bucket_mode="padded")
-    engine = PaddleEngine(V4_PADDLE_DIR, s)
-    engine.load([(320, 320), (320, 640)], 8)
-    assert built == [((320, 320), 8), ((320, 640), 8)] and set(engine._masters) == {(320, 320), (320, 640)}
-
-
 def test_gpu_paddle_config_without_tensorrt():
     calls = [n for n, _, _ in config_calls(V4_PADDLE_DIR / "inference.json", DetectionSettings(_env_file=None, device="gpu"))]
     assert "enable_use_gpu" in calls and "enable_tensorrt_engine" not in calls and "enable_new_ir" not in calls
-
-
-def test_onnx_providers():
-    gpu = DetectionSettings(_env_file=None, device="gpu", use_tensorrt=True, trt_precision="fp16")
-    everything = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    names = [p[0] if isinstance(p, tuple) else p for p in select_providers(everything, gpu)]
-    assert names == everything
-    trt_options = select_providers(everything, gpu)[0][1]
-    assert trt_options["trt_fp16_enable"] and trt_options["trt_engine_cache_enable"]
-    cuda_only = DetectionSettings(_env_file=None, device="gpu")
-    assert [p[0] if isinstance(p, tuple) else p for p in select_providers(everything, cuda_only)] == everything[1:]
-    assert select_providers(everything, DetectionSettings(_env_file=None)) == ["CPUExecutionProvider"]
-    with pytest.raises(RuntimeError, match="onnxruntime-gpu"):
-        select_providers(["CPUExecutionProvider"], cuda_only)
 
 
 def test_torch_engine_on_cpu_with_the_rapidocr_network():

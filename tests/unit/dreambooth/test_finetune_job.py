@@ -94,7 +94,8 @@ def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env, tin
     assert result["model"] == f"{prefix}/model/pytorch_lora_weights.safetensors" and artifacts.exists(result["model"])
     assert result["steps"] == 4 and "checkpoints" not in result
     # retention: only the export, its config and its logs remain (no checkpoints, no uploaded photos)
-    assert {k[len(prefix) + 1:].split("/")[0] for k in artifacts.list(prefix)} == {"model", "config.yaml", "logs"}
+    assert {k[len(prefix) + 1:].split("/")[0] for k in artifacts.list(prefix)} == {"model", "config.yaml", "logs",
+                                                                                   "model.json"}
     saved = FinetuneConfig.from_yaml(artifacts.read_bytes(result["config"]).decode())
     assert saved.seed == 5 and saved.max_train_steps == 4
     logs = artifacts.list(result["logs"])

@@ -8,13 +8,14 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from services.jobs.redis_system import RedisJobSystem
 from services.jobs.webhooks import (
     WebhookDispatcher,
     WebhookEvent,
-    WebhookOutbox,
     WebhookRefused,
     WebhookRequest,
     WebhookSender,
+    emit,
     resolve_target,
 )
 from tests.webhook_receiver import SECRET, WebhookReceiver
@@ -29,7 +30,9 @@ def receiver():
 
 @pytest.fixture
 def outbox(redis_server, key_prefix):
-    return WebhookOutbox(redis.Redis.from_url(redis_server), key_prefix, progress_interval_s=60)
+    outbox = RedisJobSystem(redis.Redis.from_url(redis_server), key_prefix).webhooks
+    outbox.progress_interval_s = 60
+    return outbox
 
 
 def dispatcher(outbox, *, allow_private=True, max_attempts=4, secret=SECRET):
@@ -50,7 +53,7 @@ def test_deliveries_are_signed_and_retried_with_the_same_id(outbox, receiver):
     receiver.fail_first = 2
     d = dispatcher(outbox)
     try:
-        assert outbox.emit(fake_job(receiver.url), WebhookEvent.completed)
+        assert emit(outbox, fake_job(receiver.url), WebhookEvent.completed)
         got = receiver.wait_for(lambda rs: len(rs) >= 3)
     finally:
         d.stop()
@@ -115,22 +118,22 @@ def test_public_literal_passes_and_private_passes_when_allowed():
 
 def test_emit_follows_the_chosen_events_and_throttles_progress(outbox):
     job = fake_job("http://127.0.0.1:9/x", events=("progress", "completed"))
-    assert outbox.emit(job, WebhookEvent.start) is None
-    assert outbox.emit(job, WebhookEvent.progress) is not None
-    assert outbox.emit(job, WebhookEvent.progress) is None  # within progress_interval_s
-    assert outbox.emit(job, WebhookEvent.completed) is not None
+    assert emit(outbox, job, WebhookEvent.start) is None
+    assert emit(outbox, job, WebhookEvent.progress) is not None
+    assert emit(outbox, job, WebhookEvent.progress) is None  # within progress_interval_s
+    assert emit(outbox, job, WebhookEvent.completed) is not None
     assert outbox.pending() == 2
     no_hook = fake_job("x")
     no_hook.spec = {}
-    assert outbox.emit(no_hook, WebhookEvent.completed) is None
+    assert emit(outbox, no_hook, WebhookEvent.completed) is None
 
 
 def test_emit_never_raises_when_redis_is_gone():
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    dead = WebhookOutbox(redis.Redis(port=9, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), "x")
-    assert dead.emit(fake_job("http://127.0.0.1:9/x"), WebhookEvent.completed) is None
+    dead = RedisJobSystem(redis.Redis(port=9, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)), "x").webhooks
+    assert emit(dead, fake_job("http://127.0.0.1:9/x"), WebhookEvent.completed) is None
 
 
 def test_request_fields():

@@ -1,0 +1,228 @@
+"""The Redis side of the data lifecycle: deletion tombstones, per-owner storage use, the recovery marker,
+locks, model unregistration, and the webhook outbox. Part of the job system's Redis adapter (the only code
+besides it that knows these key names); mixed into the adapter's class.
+
+Used by services/jobs/deletion.py, sweeper.py, reindex.py and webhooks.py through the adapter's methods.
+"""
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from services.jobs.webhooks import WebhookEvent, emit
+
+log = logging.getLogger(__name__)
+
+
+class LifecycleKeys:
+    """Key names of the data lifecycle; the job, model and owner keys are the adapter's own (`Keys`)."""
+
+    def __init__(self, keys: Any):
+        self.prefix = keys.prefix
+        self.job, self.model, self.owner_models = keys.job, keys.model, keys.owner_models
+
+    @property
+    def deleted(self) -> str:
+        return f"{self.prefix}:deleted"
+
+    def owner_storage(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:storage"
+
+    @property
+    def storage_owner(self) -> str:
+        """job id -> owner of every job whose files are counted (so that expired jobs can be uncounted)."""
+        return f"{self.prefix}:storage:owner"
+
+    @property
+    def indexed(self) -> str:
+        return f"{self.prefix}:meta:indexed"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}:lock:{name}"
+
+    @property
+    def webhooks_due(self) -> str:
+        return f"{self.prefix}:webhooks:due"
+
+    def webhook(self, delivery_id: str) -> str:
+        return f"{self.prefix}:webhook:{delivery_id}"
+
+    def webhook_progress(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:webhook-progress"
+
+
+class RedisLifecycle:
+    """Mixed into the adapter's class, which provides `self.r` (a redis.Redis)."""
+
+    r: redis.Redis
+    keys: Any  # the adapter's `Keys`
+
+    def init_lifecycle(self, progress_interval_s: float = 10.0) -> None:
+        self.lkeys = LifecycleKeys(self.keys)
+        self.webhooks = RedisWebhookOutbox(self, progress_interval_s)
+
+    # data lifecycle (services/jobs/deletion.py, sweeper.py, reindex.py) ------------------------------------
+    def unregister_model(self, model_id: str) -> str | None:
+        """Remove a model's registration; its owner, or None when there was none."""
+        owner = self.model_owner(model_id)
+        pipe = self.r.pipeline()
+        pipe.delete(self.lkeys.model(model_id))
+        if owner is not None:
+            pipe.zrem(self.lkeys.owner_models(owner), model_id)
+        pipe.execute()
+        return owner
+
+    def model_owner(self, model_id: str) -> str | None:
+        raw = self.r.hget(self.lkeys.model(model_id), "owner")
+        return raw.decode() if raw is not None else None
+
+    def mark_deleted(self, job_id: str) -> None:
+        self.r.zadd(self.lkeys.deleted, {job_id: time.time()})
+
+    def is_deleted(self, job_id: str) -> bool:
+        return self.r.zscore(self.lkeys.deleted, job_id) is not None
+
+    def deleted_ids(self) -> set[str]:
+        return {i.decode() for i in self.r.zrange(self.lkeys.deleted, 0, -1)}
+
+    def forget_deleted(self, older_than: float) -> None:
+        self.r.zremrangebyscore(self.lkeys.deleted, "-inf", older_than)
+
+    def live_ids(self, job_ids: list[str]) -> set[str]:
+        """Which of `job_ids` still have a job record or a registered model."""
+        pipe = self.r.pipeline(transaction=False)
+        for i in job_ids:
+            pipe.exists(self.lkeys.job(i), self.lkeys.model(i))
+        return {i for i, n in zip(job_ids, pipe.execute()) if n}
+
+    def record_storage(self, owner: str, job_id: str, nbytes: int) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(self.lkeys.owner_storage(owner), job_id, int(nbytes))
+        pipe.hset(self.lkeys.storage_owner, job_id, owner)
+        pipe.execute()
+
+    def drop_storage(self, job_id: str) -> None:
+        owner = self.r.hget(self.lkeys.storage_owner, job_id)
+        pipe = self.r.pipeline()
+        if owner is not None:
+            pipe.hdel(self.lkeys.owner_storage(owner.decode()), job_id)
+        pipe.hdel(self.lkeys.storage_owner, job_id)
+        pipe.execute()
+
+    def storage_used(self, owner: str) -> int:
+        return sum(int(v) for v in self.r.hvals(self.lkeys.owner_storage(owner)))
+
+    def is_indexed(self) -> bool:
+        return bool(self.r.exists(self.lkeys.indexed))
+
+    def mark_indexed(self) -> None:
+        self.r.set(self.lkeys.indexed, datetime.now().isoformat())
+
+    def try_lock(self, name: str, ttl_s: int) -> bool:
+        return bool(self.r.set(self.lkeys.lock(name), _holder_token(), nx=True, ex=ttl_s))
+
+    def persistence(self) -> dict[str, str] | None:
+        """Redis' `appendonly` and `save` settings; None when CONFIG is not allowed (managed Redis)."""
+        try:
+            got = {**self.r.config_get("appendonly"), **self.r.config_get("save")}
+        except redis.ResponseError:
+            return None
+        return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in got.items()}
+
+    # webhooks: the adapter calls these after each status change and each progress report
+    def notify_status(self, job: Any, new: Any) -> None:
+        if new == "running":
+            emit(self.webhooks, job, WebhookEvent.start)
+        elif new in ("succeeded", "failed", "canceled"):
+            emit(self.webhooks, job, WebhookEvent.completed)
+
+    def notify_progress(self, job_id: str) -> None:
+        """A `progress` webhook for jobs that asked for one (reads only the spec first: this runs every step)."""
+        try:
+            spec = self.r.hget(self.lkeys.job(job_id), "spec")
+            if spec is None or b'"webhook"' not in spec or b'"progress"' not in spec:
+                return
+            emit(self.webhooks, self.get(job_id), WebhookEvent.progress)
+        except Exception:
+            log.warning("progress webhook of job %s not queued", job_id, exc_info=True)
+
+    def webhook_outbox(self, progress_interval_s: float = 10.0) -> "RedisWebhookOutbox":
+        return RedisWebhookOutbox(self, progress_interval_s)
+
+
+# KEYS: due zset. ARGV: now, claim-until, max count. Claims due deliveries by pushing their due time out.
+_WEBHOOK_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
+
+class RedisWebhookOutbox:
+    """Webhook deliveries waiting to be sent (services/jobs/webhooks.py): a hash per delivery and one sorted
+    set of delivery ids by due time; a claim pushes the due time out by a lease, so a dispatcher that dies
+    mid-delivery lets another send it again."""
+
+    def __init__(self, system: RedisLifecycle, progress_interval_s: float = 10.0, keep_s: int = 3 * 24 * 3600):
+        self.r, self.keys = system.r, system.lkeys
+        self.progress_interval_s = progress_interval_s
+        self.keep_s = keep_s
+        self._claim = self.r.register_script(_WEBHOOK_CLAIM)
+
+    def put(self, url: str, payload: dict[str, Any], *, job_id: str = "", due: float | None = None) -> str:
+        delivery_id = f"msg_{uuid.uuid4().hex}"
+        key = self.keys.webhook(delivery_id)
+        pipe = self.r.pipeline()
+        pipe.hset(key, mapping={"url": url, "body": json.dumps(payload, separators=(",", ":")), "attempts": 0,
+                                "job_id": job_id, "type": payload.get("type", "")})
+        pipe.expire(key, self.keep_s)
+        pipe.zadd(self.keys.webhooks_due, {delivery_id: time.time() if due is None else due})
+        pipe.execute()
+        return delivery_id
+
+    def progress_allowed(self, job_id: str) -> bool:
+        """At most one `progress` delivery per job per `progress_interval_s`."""
+        if self.progress_interval_s <= 0:
+            return True
+        ms = max(1, int(self.progress_interval_s * 1000))
+        return bool(self.r.set(self.keys.webhook_progress(job_id), "1", nx=True, px=ms))
+
+    def claim(self, *, lease_s: float, limit: int = 16) -> list[dict[str, Any]]:
+        """Due deliveries, each now held for `lease_s` (due again after that unless settled)."""
+        now = time.time()
+        ids = [i.decode() for i in self._claim(keys=[self.keys.webhooks_due], args=[now, now + lease_s, limit])]
+        out = []
+        for delivery_id in ids:
+            raw = self.r.hgetall(self.keys.webhook(delivery_id))
+            if not raw:  # expired or settled meanwhile
+                self.r.zrem(self.keys.webhooks_due, delivery_id)
+                continue
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            out.append({"id": delivery_id, **fields, "attempts": int(fields.get("attempts", 0))})
+        return out
+
+    def settle(self, delivery_id: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.zrem(self.keys.webhooks_due, delivery_id)
+        pipe.delete(self.keys.webhook(delivery_id))
+        pipe.execute()
+
+    def retry_at(self, delivery_id: str, when: float) -> int:
+        pipe = self.r.pipeline()
+        pipe.hincrby(self.keys.webhook(delivery_id), "attempts", 1)
+        pipe.zadd(self.keys.webhooks_due, {delivery_id: when})
+        return int(pipe.execute()[0])
+
+    def pending(self) -> int:
+        return int(self.r.zcard(self.keys.webhooks_due))
+
+
+def _holder_token() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
