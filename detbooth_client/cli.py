@@ -157,6 +157,7 @@ def cmd_detect(client: DetBoothClient, args: argparse.Namespace) -> int:
         "pages": args.pages,
         "dpi": args.dpi,
         "previews": True if args.draw else None,  # PDF/TIFF pages come back as JPEGs to draw on
+        "model": args.model,
     }
     body = client.detect(paths, **params)
     if args.draw:
@@ -381,6 +382,10 @@ def cmd_models(client: DetBoothClient, args: argparse.Namespace) -> int:
         return 0
     for m in client.models():
         print("\t".join([m["id"], m["kind"], m.get("instance_prompt") or m.get("base_model") or ""]))
+    for m in client.detection_models():
+        state = m.get("precision") or "not loaded"
+        notes = [state, *(["default"] if m.get("default") else []), *([m["display_name"]] if m.get("fallback") else [])]
+        print("\t".join([m["id"], "detection", ", ".join(notes)]))
     return 0
 
 
@@ -423,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--box-type", choices=["quad", "poly"])
     d.add_argument("--pages", metavar="SPEC", help="pages of each PDF/TIFF, e.g. 1-3,5 or 2- (default: all)")
     d.add_argument("--dpi", type=int, help="resolution PDF pages are rendered at (default 144)")
+    d.add_argument("--model", help="one of the deployment's detection models (see `detbooth models`)")
     d.set_defaults(func=cmd_detect)
 
     f = sub.add_parser("finetune", help="start a DreamBooth fine-tune on 3–20 images of a subject")
@@ -489,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     j.set_defaults(func=cmd_jobs)
 
-    m = sub.add_parser("models", help="list the base model and your fine-tunes, or delete a fine-tune")
+    m = sub.add_parser("models", help="list the base model, your fine-tunes and the detection models, or delete a "
+                                      "fine-tune")
     m.add_argument("action", nargs="?", choices=["list", "delete"], default="list")
     m.add_argument("id", nargs="?")
     m.set_defaults(func=cmd_models)

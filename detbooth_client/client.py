@@ -109,7 +109,7 @@ class DetBoothClient:
     # detection
     def detect(self, images: Sequence[str | Path | bytes], **params: Any) -> DetectResponse:
         """Text boxes of each image, and of each page of a PDF or TIFF (one result each, with `source` and `page`).
-        `params`: thresh, box_thresh, unclip_ratio, limit_side_len, box_type, pages, dpi, previews."""
+        `params`: thresh, box_thresh, unclip_ratio, limit_side_len, box_type, pages, dpi, previews, model."""
         files = [_image_part(item, i) for i, item in enumerate(images)]
         data = {k: str(v) for k, v in params.items() if v is not None}
         return self._request("POST", "/detect", files=files, data=data).json()
@@ -208,7 +208,13 @@ class DetBoothClient:
 
     # models and artifacts
     def models(self) -> list[dict[str, Any]]:
+        """The generation models: the base model and your fine-tunes."""
         return self._request("GET", "/models").json()["models"]
+
+    def detection_models(self) -> list[dict[str, Any]]:
+        """The detection models the deployment loads (`id`, `precision`, `default`, ...); `detect(model=...)`."""
+        detection = self._request("GET", "/models").json().get("detection") or {}
+        return detection.get("models", [])
 
     def download(self, url: str, dest: str | Path) -> Path:
         """Save an artifact (its `url` from a job result, or a path under /artifacts/) to `dest`."""

@@ -11,6 +11,7 @@ from gateway.background import start_background
 from gateway.console import console_app
 from gateway.keys import KeyRing
 from gateway.detection_client import DetectionForwarder, make_client
+from gateway.event_hub import JobEventHub
 from gateway.errors import document_problems, install_error_handlers
 from gateway.middleware import MetricsAndHeaders
 from gateway.routes import artifacts, deletion, detect, finetune, generate, health, jobs, models, whoami
@@ -34,10 +35,11 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         celery = make_celery(job_settings)
+        jobs = AsyncRedisJobSystem.from_settings(job_settings)
         state = AppState(
             settings=settings, job_settings=job_settings,
             store=RedisJobSystem.from_settings(job_settings, celery=celery),
-            jobs=AsyncRedisJobSystem.from_settings(job_settings),
+            jobs=jobs,
             artifacts=ArtifactStore(job_settings.artifacts_location), celery=celery,
             detection=make_client(settings.detection_url, settings.detection_connect_timeout_s,
                                   settings.detection_timeout_s),
@@ -45,6 +47,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
             workers=WorkerRegistry(monitoring_client(job_settings.redis_url), job_settings.key_prefix,
                                    ttl_s=3 * job_settings.worker_heartbeat_s),
             streams=StreamSlots(settings.max_streams_per_key),
+            events=JobEventHub(jobs),
             forwarder=DetectionForwarder(settings.detection_url, settings.detection_connect_timeout_s,
                                          settings.detection_timeout_s),
         )
@@ -56,6 +59,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
         yield
         stop_background()
         await state.detection.aclose()
+        await state.events.aclose()
         await state.forwarder.aclose()
         await state.jobs.aclose()
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from services.contracts.detect import DetectionModelList
 from services.contracts.jobs import Job, JobView
 
 
@@ -18,7 +19,10 @@ class ModelView(BaseModel):
 
 
 class ModelList(BaseModel):
-    models: list[ModelView]
+    models: list[ModelView] = Field(description="generation: the base model and the caller's fine-tunes")
+    detection: DetectionModelList | None = Field(
+        default=None, description="the detection models this deployment loads, with the precision each serves at "
+                                  "(null when the detection service did not answer)")
 
 
 def _with_urls(value: Any, base_url: str) -> Any:

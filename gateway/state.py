@@ -9,6 +9,7 @@ from celery import Celery
 from fastapi import Depends, Request
 
 from gateway.detection_client import DetectionForwarder
+from gateway.event_hub import JobEventHub
 from gateway.keys import KeyRing
 from gateway.settings import GatewaySettings
 from gateway.streams import StreamSlots
@@ -30,6 +31,7 @@ class AppState:
     keys: KeyRing
     workers: WorkerRegistry
     streams: StreamSlots  # open event streams per owner, on this process
+    events: JobEventHub  # one reader per followed job, shared by its streams
     forwarder: DetectionForwarder | None = None  # /detect's bodies, as received, to the detection service
 
 

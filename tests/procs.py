@@ -171,7 +171,9 @@ def _detbooth_environ(env: dict[str, str]) -> Iterator[None]:
 @contextmanager
 def inprocess_gateway(env: dict[str, str], **client_kw):
     """The gateway app of `env` (what `python -m gateway` would serve) in this process, with its lifespan run,
-    behind FastAPI's TestClient (an httpx client over ASGI), against the real Redis."""
+    behind FastAPI's TestClient (an httpx client over ASGI), against the real Redis. Only the settings classes
+    create_app takes come from `env`; a test of a setting read elsewhere, once per process (e.g.
+    DETBOOTH_GEN_MAX_SIDE), needs the subprocess gateway (start_gateway)."""
     from fastapi.testclient import TestClient
 
     from gateway.main import create_app

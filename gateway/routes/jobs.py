@@ -1,9 +1,10 @@
 """GET /jobs, GET /jobs/{id}, POST /jobs/{id}/cancel, GET /jobs/{id}/events (SSE, resumable).
 
-Reads and event streams run on the event loop through the job system's async side: an open stream holds a
-Redis connection while it waits, never a thread, so waiting clients cannot starve the thread pool."""
+Reads and event streams run on the event loop through the job system's async side, never holding a thread;
+the streams of one job share one reader of its events (gateway/event_hub.py)."""
 
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -13,16 +14,25 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
+from gateway.event_hub import KEEP_ALIVE
 from gateway.schemas import job_view
 from gateway.state import AppState, State
-from services.contracts.jobs import Job, JobList, JobStatus, JobType, JobView
+from services.contracts.jobs import Job, JobList, JobType, JobView
 from services.contracts.problems import Problem
-from services.jobs.interface import JobNotFound, TransitionRefused
+from services.jobs.interface import Event, JobNotFound, TransitionRefused
 
 router = APIRouter(tags=["jobs"])
+_WIRE: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # recent events, encoded once for all streams
+
+
+def _wire(job_id: str, e: Event) -> bytes:
+    key = (job_id, e.id)
+    if (wire := _WIRE.get(key)) is None:
+        wire = _WIRE[key] = ServerSentEvent(data=json.dumps(e.data), event=e.event, id=e.id, sep="\n").encode()
+        if len(_WIRE) > 4096:
+            _WIRE.popitem(last=False)
+    return wire
 _STREAM_ID = r"^\d+-\d+$"
-_TERMINAL = {s.value for s in JobStatus if s.terminal}
-_WAIT_MS = 5000  # one blocking read of the job's stream; between two, the job's status is checked
 
 
 async def owned_job(state: AppState, job_id: str, owner: str) -> Job:
@@ -72,25 +82,14 @@ async def job_events(job_id: str, state: State, owner: Caller,
     slot = state.streams.take(owner)  # 429 beyond the per-key cap; given back when the stream ends
     start = last_event_id or after or "0-0"
 
-    async def stream() -> AsyncIterator[ServerSentEvent]:
+    async def stream() -> AsyncIterator[ServerSentEvent | bytes]:
         try:
-            last = start
             yield ServerSentEvent(retry=2000, sep="\n")
-            while True:
-                events = await state.jobs.events(job_id, after=last, block_ms=_WAIT_MS)
-                for e in events:
-                    last = e.id
-                    yield ServerSentEvent(data=json.dumps(e.data), event=e.event, id=e.id, sep="\n")
-                if any(e.event == "status" and e.data.get("status") in _TERMINAL for e in events):
-                    return
-                if not events:
-                    try:
-                        job = await state.jobs.get(job_id)
-                    except JobNotFound:
-                        return
-                    if job.status.terminal and not await state.jobs.events(job_id, after=last):
-                        return
+            async for e in state.events.follow(job_id, after=start):
+                if e is KEEP_ALIVE:
                     yield ServerSentEvent(comment="keep-alive", sep="\n")
+                else:
+                    yield _wire(job_id, e)
         finally:
             slot.release()
 

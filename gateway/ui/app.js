@@ -215,6 +215,7 @@ function showTab() {
   if (tab === "jobs") loadJobs(false);
   if (tab === "finetune" && arg && (!ft.job || ft.job.id !== arg)) watchFinetuneById(arg);
   if (tab === "generate") loadModels();
+  if (tab === "detect") loadDetectionModels();
 }
 window.addEventListener("hashchange", showTab);
 
@@ -227,6 +228,7 @@ function detectParams() {
                    unclip_ratio: $("det-unclip").value, box_type: $("det-box-type").value };
   const pages = $("det-pages").value.trim();
   if (pages) params.pages = pages;
+  if ($("det-model").value) params.model = $("det-model").value;
   return params;
 }
 
@@ -246,7 +248,7 @@ async function runDetect() {
     detect.body = body;
     await renderDetections(body);
     $("detect-download").disabled = false;
-    $("detect-status").textContent = `${body.model} · ${Math.round(performance.now() - t0)} ms`;
+    $("detect-status").textContent = `${body.model} · ${body.precision} · ${Math.round(performance.now() - t0)} ms`;
   } catch (e) {
     if (seq !== detect.seq) return;
     $("detect-status").textContent = "";
@@ -294,6 +296,17 @@ function drawBoxes(ctx, boxes, scale) {
   }
 }
 
+async function loadDetectionModels() {
+  try {
+    const { detection } = await getJSON("/models");
+    const select = $("det-model"), keep = select.value;
+    const loaded = detection ? detection.models.filter((m) => m.ready) : [];
+    select.replaceChildren(el("option", { value: "" }, "default"), ...loaded.map((m) => el("option", { value: m.id },
+      `${m.id} · ${m.precision}${m.default ? " (default)" : ""}`)));
+    if ([...select.options].some((o) => o.value === keep)) select.value = keep;
+  } catch (err) { showError("detect-error", err); }
+}
+
 function setDetectFiles(files) {
   if (!files.length) { showError("detect-error", "Those are not images: drop PNG, JPEG, WebP, TIFF or PDF files."); return; }
   detect.files = files; detect.body = null;
@@ -310,6 +323,7 @@ for (const id of ["det-thresh", "det-box-thresh", "det-unclip"]) {
 }
 $("det-box-type").addEventListener("change", runDetect);
 $("det-pages").addEventListener("change", runDetect);
+$("det-model").addEventListener("change", runDetect);
 $("detect-download").addEventListener("click", () => {
   if (!detect.body) return;
   const out = { ...detect.body, params: detectParams(), files: detect.files.map((f) => f.name) };

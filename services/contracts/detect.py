@@ -26,6 +26,9 @@ class DetectParams(BaseModel):
     pages: str | None = Field(None, max_length=200, examples=["1-3,5", "2-"],
                               description="pages of each PDF/TIFF to detect on (from 1); default: all")
     dpi: int | None = Field(None, ge=18, le=1200, description="resolution PDF pages are rendered at (default 144)")
+    model: str | None = Field(None, min_length=1, max_length=200,
+                              description="which of the deployment's detection models (GET /models); default: its "
+                                          "default model")
     previews: bool = Field(False, description="return each PDF/TIFF page as a JPEG data URL (longest side <= 1600) "
                                               "to draw its boxes on")
 
@@ -70,3 +73,22 @@ class DetectResponse(BaseModel):
     precision: str = Field(..., description="the precision serving (fp32, bf16, fp16, int8); reduced ones passed "
                                             "the precision guard against fp32")
     results: list[ImageResult]
+
+
+class DetectionModel(BaseModel):
+    """One detection model a deployment loads, as `GET /v1/models` (detection) and `GET /models` (gateway) show it."""
+
+    id: str = Field(..., description="the name a request's `model` field uses")
+    served: str | None = Field(None, description="the model actually served (differs from `id` on a fallback)")
+    display_name: str
+    fallback: bool = False
+    precision: str | None = Field(None, description="the precision its precision guard chose (fp32, bf16, fp16, int8)")
+    engine: str | None = None
+    default: bool = Field(False, description="what a request that names no model gets")
+    ready: bool = False
+    error: str | None = Field(None, description="why it failed to load, when it did")
+
+
+class DetectionModelList(BaseModel):
+    default: str
+    models: list[DetectionModel]

@@ -1,4 +1,4 @@
-"""FastAPI app factory: wiring only. Routes: POST /v1/detect, /healthz, /readyz, /metrics."""
+"""FastAPI app factory: wiring only. Routes: POST /v1/detect, GET /v1/models, /healthz, /readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.contracts.detect import DetectResponse
+from services.contracts.detect import DetectionModelList, DetectResponse
 from services.contracts.problems import Problem, ProblemDetails
 
 from .errors import BodyLimit, install_error_handlers, status_of
@@ -28,7 +28,8 @@ DETECT_BODY = {
                 "limit_side_len": {"type": "integer"}, "limit_type": {"enum": ["min", "max", "resize_long"]},
                 "thresh": {"type": "number"}, "box_thresh": {"type": "number"},
                 "unclip_ratio": {"type": "number"}, "box_type": {"enum": ["quad", "poly"]},
-                "pages": {"type": "string", "examples": ["1-3,5"]}, "dpi": {"type": "integer"}}}},
+                "pages": {"type": "string", "examples": ["1-3,5"]}, "dpi": {"type": "integer"},
+                "previews": {"type": "boolean"}, "model": {"type": "string"}}}},
             "application/json": {"schema": {"type": "object", "required": ["images"], "properties": {
                 "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
                 "params": {"type": "object"}}}},
@@ -71,7 +72,8 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
         status = 500
         try:
             images, params = await read_detect_request(request, settings)
-            results = await service.detector.detect(images, params)
+            served = service.model_for(params.model)  # 422 naming the loaded models for any other
+            results = await served.detector.detect(images, params)
             status = 200
         except Exception as exc:
             status = status_of(exc)
@@ -80,7 +82,12 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
             service.metrics.requests.labels(str(status)).inc()
             service.metrics.latency.observe(time.perf_counter() - started)
         service.metrics.images.inc(len(results))
-        return DetectResponse(model=service.model.display_name, precision=service.precision, results=results)
+        return DetectResponse(model=served.model.display_name, precision=served.precision, results=results)
+
+    @app.get("/v1/models", response_model=DetectionModelList)
+    async def models(service: Service) -> DetectionModelList:
+        """The models this deployment loads, with the precision each one serves at."""
+        return DetectionModelList(default=service.default, models=service.models())
 
     @app.get("/healthz")
     async def healthz(service: Service) -> dict:
@@ -92,8 +99,7 @@ def create_app(settings: DetectionSettings | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics(service: Service) -> Response:
-        if service.batcher is not None:
-            service.metrics.queue_depth.set(service.batcher.queue_depth)
+        service.metrics.queue_depth.set(service.queue_depth)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -55,7 +55,7 @@ class _Prepared:
 class Detector:
     def __init__(self, batcher: DynamicBatcher, pool: Executor, resize: ResizeConfig, normalize: NormalizeConfig,
                  postprocess: PostprocessConfig, max_image_pixels: int, timeout_s: float, *, max_pages: int = 64,
-                 dpi: int = 144) -> None:
+                 dpi: int = 144, chunk_pages: int = 16) -> None:
         self.batcher = batcher
         self.pool = pool
         self.resize = resize
@@ -65,6 +65,7 @@ class Detector:
         self.timeout_s = timeout_s
         self.max_pages = max_pages
         self.dpi = dpi
+        self.chunk_pages = chunk_pages  # images/pages prepared and inferred together (a bound on request memory)
 
     def _settings_for(self, params: DetectParams) -> tuple[ResizeConfig, DBPostProcessor]:
         resize = replace(self.resize, **{k: v for k, v in (("limit_side_len", params.limit_side_len),
@@ -98,8 +99,8 @@ class Detector:
         preview = page_preview(image) if previews and page is not None else None
         return _Prepared(tensor, image.shape[:2], (t1 - t0) * 1000, (t2 - t1) * 1000, preview)
 
-    async def _prepare_all(self, images: list[bytes], params: DetectParams,
-                           resize: ResizeConfig) -> tuple[list[tuple[_Source, int | None]], list[_Prepared]]:
+    async def _open_all(self, images: list[bytes], params: DetectParams) -> list[_Source]:
+        """Every upload, documents opened and their pages checked; on any failure the opened ones are closed."""
         loop = asyncio.get_running_loop()
         outcomes = await asyncio.gather(
             *(loop.run_in_executor(self.pool, self._open, i, data, params) for i, data in enumerate(images)),
@@ -107,25 +108,36 @@ class Detector:
         opened = [o for o in outcomes if isinstance(o, _Source)]
         try:
             _raise_first(outcomes)
+        except BaseException:
+            _close(opened)
+            raise
+        return opened
+
+    async def detect(self, images: list[bytes], params: DetectParams) -> list[ImageResult]:
+        resize, postprocessor = self._settings_for(params)
+        opened = await self._open_all(images, params)
+        try:
             pages = [(source, page) for source in opened for page in source.pages]
             if len(pages) > self.max_pages:
                 raise TooManyPages(f"the request has {len(pages)} pages and images in all; the limit is "
                                    f"{self.max_pages} per request")
-            # every page finishes (or fails) before the documents close below, so none renders a closed one
-            prepared = _raise_first(await asyncio.gather(
-                *(loop.run_in_executor(self.pool, self._prepare, source, page, resize, params.previews)
-                  for source, page in pages),
-                return_exceptions=True))
+            results: list[ImageResult] = []
+            # a long document a chunk of pages at a time: only one chunk's tensors and maps are alive at once
+            for start in range(0, len(pages), self.chunk_pages):
+                results += await self._detect_pages(pages[start:start + self.chunk_pages], resize, postprocessor,
+                                                    params.previews)
+            return results
         finally:
-            for source in opened:
-                if source.document is not None:
-                    source.document.close()
-        return pages, prepared
+            _close(opened)
 
-    async def detect(self, images: list[bytes], params: DetectParams) -> list[ImageResult]:
+    async def _detect_pages(self, pages: list[tuple[_Source, int | None]], resize: ResizeConfig,
+                            postprocessor: DBPostProcessor, previews: bool) -> list[ImageResult]:
         loop = asyncio.get_running_loop()
-        resize, postprocessor = self._settings_for(params)
-        pages, prepared = await self._prepare_all(images, params, resize)
+        # every page finishes (or fails) before the caller closes the documents, so none renders a closed one
+        prepared = _raise_first(await asyncio.gather(
+            *(loop.run_in_executor(self.pool, self._prepare, source, page, resize, previews)
+              for source, page in pages),
+            return_exceptions=True))
         maps = await self.batcher.infer_many([p.tensor for p in prepared], self.timeout_s)
 
         def boxes_for(prob: np.ndarray, src_hw: tuple[int, int]) -> tuple[list, float]:
@@ -147,6 +159,11 @@ class Detector:
             ))
         return results
 
+
+def _close(sources: list[_Source]) -> None:
+    for source in sources:
+        if source.document is not None:
+            source.document.close()
 
 
 def _raise_first(outcomes: list) -> list:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from services.contracts.limits import UploadLimits
 
@@ -24,8 +25,11 @@ class DetectionSettings(BaseSettings):
     port: int = Field(8001, ge=0, le=65535)
 
     # --- model resolution: configured folder -> PaddleX cache -> download -> PyPI-shipped fallback
-    model: str = "PP-OCRv5_server_det"
-    model_dir: Path | None = None  # a PaddleX model folder, or an .onnx file / folder holding one
+    model: str = "PP-OCRv5_server_det"  # the default: what a request that names no model gets
+    # every model this deployment loads, e.g. "PP-OCRv5_server_det,PP-OCRv6_small_det" (each with its own engine,
+    # precision decision, batcher and queue bound); empty: only `model`. Unset `model` then defaults to the first.
+    models: Annotated[list[str], NoDecode] = []
+    model_dir: Path | None = None  # the default model's PaddleX folder, or an .onnx file / folder holding one
     paddlex_cache_dir: Path = Path.home() / ".paddlex" / "official_models"
     allow_download: bool = True
     download_url: str = PADDLEX_MODEL_URL  # "{name}" is replaced; file:// URLs work too
@@ -101,8 +105,26 @@ class DetectionSettings(BaseSettings):
     score_mode: Literal["fast", "slow"] | None = None
     box_type: Literal["quad", "poly"] | None = None
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)  # a JSON list
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> DetectionSettings:
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"DETBOOTH_DETECTION_MODELS names a model twice: {','.join(self.models)}")
+        if self.models and "model" not in self.model_fields_set:
+            self.model = self.models[0]
+        elif self.models and self.model not in self.models:
+            raise ValueError(f"DETBOOTH_DETECTION_MODEL={self.model} is not in DETBOOTH_DETECTION_MODELS="
+                             f"{','.join(self.models)}: add it there, or leave DETBOOTH_DETECTION_MODEL unset to "
+                             "make the first one the default")
         bad = [s for s in self.bucket_sides if s < 32 or s % 32]
         if not self.bucket_sides or bad:
             raise ValueError(f"bucket_sides must be positive multiples of 32, got {self.bucket_sides}")
@@ -117,6 +139,16 @@ class DetectionSettings(BaseSettings):
     @property
     def quantized_cache(self) -> Path:
         return self.quantized_cache_dir or self.data_dir / "detection" / "quantized"
+
+    @property
+    def served_models(self) -> list[str]:
+        """The models to load, the default first."""
+        return [self.model, *(m for m in self.models if m != self.model)]
+
+    def for_model(self, name: str) -> DetectionSettings:
+        """These settings for one of the served models (the configured folder belongs to the default)."""
+        return self.model_copy(update={"model": name, "models": [],
+                                       "model_dir": self.model_dir if name == self.model else None})
 
     @property
     def threads(self) -> int:

@@ -643,8 +643,9 @@ class RedisJobSystem(RedisLifecycle):
 class AsyncRedisJobSystem:
     """`AsyncJobSystem` on `redis.asyncio`: waiting on a job's stream holds a connection, never a thread.
 
-    Blocking stream reads get their own connection pool (`max_waiting` connections), so a thousand open
-    event streams never keep a short `GET /jobs/{id}` from getting a connection.
+    Blocking stream reads get their own connection pool (`max_waiting` connections), so the gateway's event
+    readers never keep a short `GET /jobs/{id}` from getting a connection. Connecting may take a while on a
+    busy host (a burst of new streams): the connect timeout is generous.
     """
 
     def __init__(self, url: str, keys: Keys, *, max_waiting: int = 4096, max_connections: int = 256):
@@ -652,11 +653,11 @@ class AsyncRedisJobSystem:
         # blocking pools: past `max_connections` a caller waits (up to `timeout`) for a connection to come back
         # instead of failing at once
         self.r = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=10, socket_connect_timeout=2, socket_timeout=15,
+            url, max_connections=max_connections, timeout=10, socket_connect_timeout=10, socket_timeout=15,
             health_check_interval=10))
         # socket_timeout must outlast the longest XREAD BLOCK (10 s)
         self.blocking = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_waiting, timeout=30, socket_connect_timeout=2, socket_timeout=20))
+            url, max_connections=max_waiting, timeout=30, socket_connect_timeout=10, socket_timeout=20))
         self._hit = self.r.register_script(_HIT)
 
     @classmethod

@@ -372,6 +372,11 @@ def test_detect_a_pdf_with_pages_draws_each_page(run, tmp_path):
         assert green.sum() > 500 and dark.sum() > 500
     assert not (tmp_path / "out" / "doc.p3.boxes.png").exists()
 
+    code, out, _ = run("models")
+    [detection] = [line.split("\t") for line in out.splitlines() if "\tdetection\t" in line]
+    assert "default" in detection[2] and "fp32" in detection[2]  # the stack serves exact fp32
+    code, _, err = run("detect", str(doc), "--model", "no-such-model")
+    assert "available: " in one_line_error(code, err)
     code, out, _ = run("detect", str(doc), "--pages", "3", "--dpi", "72", "--json")
     assert code == 0 and [(r["page"], r["width"]) for r in json.loads(out)["results"]] == [(3, 420)]
     code, _, err = run("detect", str(doc), "--pages", "2-9")

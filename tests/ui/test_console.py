@@ -100,6 +100,8 @@ def test_detect_shows_each_pdf_page_with_its_boxes(page, stack, tmp_path):
     pdf, truth = vector_pdf()
     (tmp_path / "doc.pdf").write_bytes(pdf)
     login(page, stack, tab="detect")
+    page.wait_for_selector("#det-model option >> nth=1", state="attached")  # the deployment's one model
+    assert page.eval_on_selector_all("#det-model option", "os => os.map(o => o.value)")[0] == ""
     page.fill("#det-pages", "2-3")
     page.set_input_files("#detect-files", [str(text_image(tmp_path / "photo.png")), str(tmp_path / "doc.pdf")])
     page.wait_for_selector(".det-card >> nth=2")

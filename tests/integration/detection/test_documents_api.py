@@ -68,6 +68,18 @@ def test_documents_and_images_mix_in_multipart_and_json(detection, text_pdf):
     assert [x["boxes"] for x in as_json.json()["results"]] == [x["boxes"] for x in multipart]
 
 
+def test_a_long_document_runs_a_chunk_of_pages_at_a_time_in_order(detection):
+    texts = [(f"page {n} of twenty", "DetBooth text") for n in range(1, 21)]  # past one chunk of 16
+    pdf, _ = vector_pdf(texts)
+    r = post(detection.url, [pdf], dpi=72)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["page"] for x in results] == list(range(1, 21)) and all(len(x["boxes"]) == 2 for x in results)
+    for n in (3, 17, 20):  # each page's boxes, as when it is asked for alone
+        alone = post(detection.url, [pdf], dpi=72, pages=str(n)).json()["results"][0]
+        assert alone["boxes"] == results[n - 1]["boxes"]
+
+
 def test_previews_show_each_page_for_clients_without_a_pdf_renderer(detection, text_pdf):
     pdf, _ = text_pdf
     image, _ = render_lines(3, 320, 160)
