@@ -12,6 +12,7 @@ Targets (issue 11): /healthz p99 < 50 ms, GET /jobs/{id} p99 < 100 ms. Prints on
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -172,7 +173,8 @@ async def run(a: argparse.Namespace, url: str, keys: list[str], system: RedisJob
                 for job_id in jobs:
                     await asyncio.to_thread(system.report_progress, job_id, Progress(step=step, total=10**6),
                                             {"loss": 0.1, "it_per_s": 2.0})
-                await asyncio.sleep(a.event_gap_s)
+                with contextlib.suppress(TimeoutError):  # the next round, or the end of the run
+                    await asyncio.wait_for(stop_events.wait(), a.event_gap_s)
 
         publisher = asyncio.create_task(publish())
         log(f"{a.waits} Prefer: wait requests sent; probing")
