@@ -133,7 +133,9 @@ class Stack:
         self.procs.append(self.redis)
         det_env = {f"DETBOOTH_DETECTION_{k.upper()}": str(v) for k, v in {
             "cpu_threads": threads, "allow_download": "false", "paddlex_cache_dir": log_dir / "no-paddlex",
-            "data_dir": data_dir, "max_queue_images": 1024, "precision": precision, **PARAMS}.items()}
+            "data_dir": data_dir, "max_queue_images": 1024, "precision": precision,
+            # RapidOCR runs ONNX files only: the ONNX fallback (PP-OCRv5 mobile det), so both sides run one file
+            "engine": "onnxruntime", **PARAMS}.items()}
         self.detection = DetectionServer(det_env, log_dir / "detection.log")
         self.readiness = self.detection.wait_ready(timeout=1800)  # a first start quantizes (minutes)
         env = base_env(redis_url, data_dir / "gateway", DETBOOTH_API_KEYS=KEY, DETBOOTH_DETECTION_URL=self.detection.url,
@@ -267,7 +269,7 @@ def _engines(stack: Stack, args):
     from services.detection.settings import DetectionSettings
 
     values = {"cpu_threads": args.threads, "allow_download": False, "data_dir": args.data_dir,
-              "paddlex_cache_dir": args.data_dir / "no-paddlex", **PARAMS}
+              "paddlex_cache_dir": args.data_dir / "no-paddlex", "engine": "onnxruntime", **PARAMS}  # as the service
     settings = DetectionSettings(**{k: v for k, v in values.items() if k in DetectionSettings.model_fields})
     model = resolve_model(settings)
     buckets: list = []

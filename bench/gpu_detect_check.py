@@ -8,7 +8,11 @@ Measures, in one run:
   raw engine      TorchEngine.infer (fp16, channels_last; host float32 in, host prob maps out) at batch 1, 8, 32
   service         the service's DynamicBatcher over that engine (max batch 32), 32 concurrent callers
   service-nobatch the same with max batch 1
-Targets: service >= 80 % of raw at batch 32, and >= 2x service-nobatch. "Service" here is the batcher + engine
+  guard           the precision guard: torch fp16 against torch fp32 (same weights) over the rendered
+                  validation set (hmean, share of fp32's boxes matched, images/s), as the service runs it
+                  before fp16 may serve (needs the detection extra's shapely, pyclipper, pydantic, Pillow)
+Targets: service >= 80 % of raw at batch 32, and >= 2x service-nobatch; the guard accepts fp16 (with real
+weights, --weights; with random weights only the agreement with fp32 means something). "Service" here is the batcher + engine
 (the part of services/detection that runs where FastAPI is absent); inputs are already-normalised tensors.
 Needs RapidOCR's torch network sources: the rapidocr package, or --networks-dir DIR (its
 inference_engine/pytorch/networks folder copied over). PyYAML is optional.
@@ -17,6 +21,7 @@ inference_engine/pytorch/networks folder copied over). PyYAML is optional.
 from __future__ import annotations
 
 import argparse
+import copy
 import asyncio
 import sys
 import time
@@ -40,14 +45,46 @@ PPOCRV5_SERVER_DET = {
 }
 
 
-def make_engine(args) -> torch_engine.TorchEngine:
+def make_engine(args, fp16: bool | None = None, weights: Path | None = None) -> torch_engine.TorchEngine:
     settings = SimpleNamespace(device="cpu" if args.smoke else "gpu", gpu_id=0, threads=args.threads,
-                               torch_random_weights=True, torch_fp16=not args.fp32, torch_channels_last=True)
+                               torch_random_weights=True, torch_fp16=(not args.fp32) if fp16 is None else fp16,
+                               torch_channels_last=True)
     if args.networks_dir:
         torch_engine.networks_dir = lambda: Path(args.networks_dir)  # type: ignore[assignment]
-    engine = torch_engine.TorchEngine("ch_PP-OCRv5_det_server", None, settings, arch_config=PPOCRV5_SERVER_DET)
+    weights = weights or (Path(args.weights) if args.weights else None)
+    engine = torch_engine.TorchEngine("ch_PP-OCRv5_det_server", weights, settings,
+                                      arch_config=copy.deepcopy(PPOCRV5_SERVER_DET))  # building pops its keys
     engine.load([], max(args.batches))
     return engine
+
+
+def guard_fp16(args) -> bool:
+    """torch fp16 through the service's precision guard, against torch fp32 with the same weights."""
+    import tempfile
+
+    import torch
+
+    from services.detection.postprocess import DBPostProcessor, PostprocessConfig
+    from services.detection.precision_guard import Candidate, GuardLimits, Validator, select_precision
+    from services.detection.preprocess import NormalizeConfig, ResizeConfig
+    from services.detection.textset import validation_set
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(args.weights) if args.weights else Path(tmp) / "random.pth"
+        reference = make_engine(args, fp16=False, weights=weights if args.weights else None)
+        if not args.weights:  # random weights: fp16 must get the very same ones
+            torch.save(reference.model.state_dict(), weights)
+        images = 2 if args.smoke else args.guard_images
+        side = 320 if args.smoke else 960
+        validator = Validator(validation_set(images, max_side=side, real_extras=not args.smoke),
+                              ResizeConfig(side, "max"), NormalizeConfig(), DBPostProcessor(PostprocessConfig()))
+        fp16 = Candidate("fp16", "torch-fp16", lambda: (make_engine(args, fp16=True, weights=weights), {}))
+        chosen = select_precision("fp16", reference, "torch-fp32", [fp16], lambda: validator, GuardLimits())
+    for t in chosen.trials:
+        print(f"guard  {t.engine:>10} {t.precision}: hmean {t.hmean}, matched {t.match_rate}, "
+              f"{t.images_per_s} images/s -> {'accepted' if t.accepted else 'NOT accepted'} ({t.reason})")
+    print(f"guard: {chosen.reason}")
+    return chosen.precision == "fp16"
 
 
 def sync() -> None:
@@ -103,6 +140,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4, help="CPU threads (smoke mode)")
     parser.add_argument("--fp32", action="store_true")
     parser.add_argument("--networks-dir", default=None)
+    parser.add_argument("--weights", default=None, help="a PP-OCRv5 server det .pth state dict (default: random)")
+    parser.add_argument("--guard-images", type=int, default=16, help="rendered validation images for the guard")
     parser.add_argument("--smoke", action="store_true", help="CPU, 64 x 64, batches 1,2,4, concurrency 4, 1 s each")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
@@ -137,7 +176,13 @@ def main() -> int:
     ok_raw, ok_single = of_raw >= 0.8, over_single >= 2.0
     print(f"service / raw batch {top}: {of_raw:.2f} (target >= 0.80) {'PASS' if ok_raw else 'MISS'}")
     print(f"service / service-nobatch: {over_single:.2f}x (target >= 2x) {'PASS' if ok_single else 'MISS'}")
-    return 1 if args.strict and not (ok_raw and ok_single) else 0
+    try:
+        ok_guard = guard_fp16(args)
+    except ImportError as exc:  # a bare GPU host without the detection extra: say so, count it as a miss
+        print(f"guard: not run, {exc} (install the detection extra, or carry its wheels in .whl/)")
+        ok_guard = False
+    print(f"precision guard accepts torch fp16: {'PASS' if ok_guard else 'MISS'}")
+    return 1 if args.strict and not (ok_raw and ok_single and ok_guard) else 0
 
 
 if __name__ == "__main__":

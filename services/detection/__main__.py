@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 
 import uvicorn
 
@@ -23,7 +24,11 @@ def main() -> None:
     settings = DetectionSettings()
     app = create_app(settings)
     if args.fd is not None:
-        uvicorn.run(app, fd=args.fd, log_level="info", timeout_graceful_shutdown=30)
+        # not uvicorn.run(fd=...): uvicorn wraps the fd as AF_UNIX, so asyncio leaves Nagle on for its TCP
+        # connections, and each response then waits ~40 ms for the client's delayed ACK
+        sock = socket.socket(fileno=args.fd)  # the real family (AF_INET): TCP_NODELAY is set per connection
+        config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=30)
+        uvicorn.Server(config).run(sockets=[sock])
     else:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30)
 

@@ -15,7 +15,10 @@ MIN_IOU = 0.5
 
 def _shape(points) -> Polygon:
     poly = Polygon(np.asarray(points, dtype=np.float64).reshape(-1, 2))
-    return poly if poly.is_valid else make_valid(poly)
+    poly = poly if poly.is_valid else make_valid(poly)
+    # a box squashed to a line (integer rounding of a thin rotated box) has no area: half a pixel around it
+    # gives it one, so it still matches its twin
+    return poly if poly.area > 0 else poly.buffer(0.5)
 
 
 def polygon_iou(a, b) -> float:

@@ -80,6 +80,6 @@ def test_finetune_then_generate_with_the_fine_tuned_model(stack):
     img = Image.open(io.BytesIO(png.content))
     assert img.size == (64, 64) and img.text["seed"] == "7" and img.text["prompt"].startswith("a photo of sks")
     # another key can neither use the model nor download the images
-    assert bob.post("/generate", json={"prompt": "x", "model": job_id}).status_code == 422
+    assert bob.post("/generate", json={"prompt": "x", "model": job_id}).status_code == 404
     assert bob.get(images[0]["url"]).status_code == 404
     assert bob.get(f"/jobs/{job_id}").status_code == 404

@@ -13,8 +13,22 @@ if TYPE_CHECKING:
 DEFAULT_ENGINE = {"paddle": "paddle", "onnx": "onnxruntime", "torch": "torch"}
 
 
+def default_engine(model: "ResolvedModel", settings: "DetectionSettings") -> str:
+    """``engine=auto``: the model format's own runtime, except Paddle ``.pdmodel`` programs on CPU, which OpenVINO
+    runs (as PaddleX's high-performance inference does there): faster than Paddle Inference on CPU, about half
+    its memory, and no memory kept per input shape. Paddle Inference stays the GPU runtime (TensorRT)."""
+    if model.format == "paddle" and settings.device == "cpu":
+        import importlib.util
+
+        from .openvino_engine import openvino_readable
+
+        if importlib.util.find_spec("openvino") is not None and openvino_readable(model.path) is not None:
+            return "openvino"
+    return DEFAULT_ENGINE[model.format]
+
+
 def create_engine(model: "ResolvedModel", settings: "DetectionSettings") -> Engine:
-    kind = DEFAULT_ENGINE[model.format] if settings.engine == "auto" else settings.engine
+    kind = default_engine(model, settings) if settings.engine == "auto" else settings.engine
     if kind == "torch":
         from ..models import TORCH_ARCHITECTURES
         from .torch_engine import TorchEngine

@@ -72,3 +72,6 @@ class OnnxEngine(Engine):
         providers = self.session.get_providers() if self.session else []
         return {"engine": self.name, "device": self.settings.device, "providers": providers,
                 "threads": self.settings.threads}
+
+    def close(self) -> None:
+        self.session = None  # a rejected candidate's arena goes with its session

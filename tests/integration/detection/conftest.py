@@ -73,6 +73,8 @@ def service_env(tmp: Path, **overrides: str) -> dict[str, str]:
         "DETBOOTH_DETECTION_CPU_THREADS": "2",
         "DETBOOTH_DETECTION_MAX_BATCH_SIZE": "8",
         "DETBOOTH_DETECTION_MAX_QUEUE_DELAY_MS": "5",
+        # the PP-OCRv5 mobile det fallback on ONNX Runtime: the RapidOCR-equality tests run its very file
+        "DETBOOTH_DETECTION_ENGINE": "onnxruntime",
         "DETBOOTH_DETECTION_PRECISION": "fp32",  # exact and quick to start; test_precision.py covers the guard
     }
     return env | {f"DETBOOTH_DETECTION_{k.upper()}": v for k, v in overrides.items()}

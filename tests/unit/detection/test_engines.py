@@ -137,6 +137,11 @@ def test_engine_and_model_format_must_match():
         create_engine(onnx_model, DetectionSettings(_env_file=None, engine="paddle"))
     assert isinstance(create_engine(onnx_model, DetectionSettings(_env_file=None)), OnnxEngine)
     paddle_model = ResolvedModel("m", "m", V4_PADDLE_DIR, "paddle", "package")
+    from services.detection.engines.openvino_engine import OpenVINOEngine
+
+    # engine=auto: OpenVINO runs .pdmodel programs on CPU; Paddle Inference stays the GPU runtime
+    assert isinstance(create_engine(paddle_model, DetectionSettings(_env_file=None)), OpenVINOEngine)
+    assert isinstance(create_engine(paddle_model, DetectionSettings(_env_file=None, device="gpu")), PaddleEngine)
     with pytest.raises(ValueError, match=".onnx"):
         create_engine(paddle_model, DetectionSettings(_env_file=None, engine="onnxruntime"))
 

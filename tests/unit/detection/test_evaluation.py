@@ -16,6 +16,8 @@ def test_polygon_iou():
     assert polygon_iou(quad(0, 0, 10, 10), quad(0, 0, 10, 10)) == pytest.approx(1.0)
     assert polygon_iou(quad(0, 0, 10, 10), quad(5, 0, 15, 10)) == pytest.approx(1 / 3)
     assert polygon_iou(quad(0, 0, 10, 10), quad(20, 20, 30, 30)) == 0.0
+    flat = np.array([[0, 5], [50, 5], [50, 5], [0, 5]], dtype=np.float32)  # zero area, as rounding can give
+    assert polygon_iou(flat, flat) == pytest.approx(1.0) and match_count([flat], [flat]) == 1
     bow_tie = np.array([[0, 0], [10, 10], [10, 0], [0, 10]], dtype=np.float32)  # self-intersecting: no crash
     assert 0.0 <= polygon_iou(bow_tie, quad(0, 0, 10, 10)) <= 1.0
 

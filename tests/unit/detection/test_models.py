@@ -98,16 +98,19 @@ def test_download_rejects_path_traversal(tmp_path):
 def test_offline_falls_back_loudly(tmp_path, caplog):
     s = settings(tmp_path, allow_download=True, download_url="http://127.0.0.1:9/{name}.tar", download_timeout_s=2)
     m = resolve_model(s)
-    assert m.is_fallback and m.requested == "PP-OCRv5_server_det" and m.name == "PP-OCRv5_mobile_det"
-    assert m.format == "onnx" and m.path == V5_MOBILE_ONNX
+    # the best measured fallback (bench/precision_table.py): PP-OCRv4 mobile det
+    assert m.is_fallback and m.requested == "PP-OCRv5_server_det" and m.name == "PP-OCRv4_mobile_det"
+    assert m.format == "paddle" and m.path == V4_PADDLE_DIR
     assert "download failed" in m.fallback_reason
-    assert m.display_name == "PP-OCRv5_mobile_det (fallback: PP-OCRv5_server_det unavailable)"
+    assert m.display_name == "PP-OCRv4_mobile_det (fallback: PP-OCRv5_server_det unavailable)"
     assert any("FALLBACK MODEL" in r.message and r.levelname == "WARNING" for r in caplog.records)
 
 
 def test_fallback_honours_the_engine(tmp_path):
     m = resolve_model(settings(tmp_path, engine="paddle"))
     assert m.is_fallback and m.format == "paddle" and m.name == "PP-OCRv4_mobile_det"
+    m = resolve_model(settings(tmp_path, engine="onnxruntime"))
+    assert m.is_fallback and m.format == "onnx" and m.name == "PP-OCRv5_mobile_det" and m.path == V5_MOBILE_ONNX
 
 
 def test_no_fallback_when_disabled(tmp_path):

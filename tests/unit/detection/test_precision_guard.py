@@ -45,7 +45,16 @@ class Wrapped(Engine):
 
 
 @pytest.fixture(scope="module")
+def inner() -> Engine:
+    """The fp32 engine the wrappers reduce (never handed to the guard, so never closed by it)."""
+    engine = OnnxEngine(V5_MOBILE_ONNX, SETTINGS)
+    engine.load([], 1)
+    return engine
+
+
+@pytest.fixture
 def reference() -> Engine:
+    """The fp32 reference of one test: the guard closes it when a reduced engine wins."""
     engine = OnnxEngine(V5_MOBILE_ONNX, SETTINGS)
     engine.load([], 1)
     return engine
@@ -77,17 +86,17 @@ def test_judge_applies_both_rules():
     assert not ok and match == pytest.approx(0.97) and "matched 97.0% of fp32's boxes < 98%" in why
 
 
-def test_accepts_a_good_reduced_engine(reference, validator):
-    good = Wrapped(reference, "fp16-output", fp16=True)
+def test_accepts_a_good_reduced_engine(inner, reference, validator):
+    good = Wrapped(inner, "fp16-output", fp16=True)
     ref_run, run = validator.run(reference), validator.run(good)
     assert ref_run.hmean > 0.8 and sum(map(len, ref_run.boxes)) > 20  # the fp32 engine finds the lines
     accepted, match, why = judge(ref_run, run, LIMITS)
     assert accepted and match >= 0.98 and why.startswith("passed")
 
 
-def test_rejects_a_perturbed_engine_falls_back_and_says_why(reference, validator):
-    bad = Wrapped(reference, "shifted", shift_px=6, noise=0.05)
-    good = Wrapped(reference, "fp16-output", fp16=True)
+def test_rejects_a_perturbed_engine_falls_back_and_says_why(inner, reference, validator):
+    bad = Wrapped(inner, "shifted", shift_px=6, noise=0.05)
+    good = Wrapped(inner, "fp16-output", fp16=True)
     chosen = select_precision("int8", reference, "onnxruntime-fp32",
                               [candidate(bad, "int8"), candidate(good, "bf16")], lambda: validator, LIMITS)
     assert isinstance(chosen, Selection)
@@ -100,17 +109,17 @@ def test_rejects_a_perturbed_engine_falls_back_and_says_why(reference, validator
     assert "instead of the requested int8" in chosen.reason and "shifted int8 rejected" in chosen.reason
 
 
-def test_only_fp32_passes_then_fp32_serves(reference, validator):
-    bad = Wrapped(reference, "shifted", shift_px=6, noise=0.05)
+def test_only_fp32_passes_then_fp32_serves(inner, reference, validator):
+    bad = Wrapped(inner, "shifted", shift_px=6, noise=0.05)
     chosen = select_precision("bf16", reference, "onnxruntime-fp32", [candidate(bad, "bf16")], lambda: validator,
                               LIMITS)
     assert chosen.precision == "fp32" and chosen.engine is reference and bad.closed
     assert [t.accepted for t in chosen.trials] == [True, False]
 
 
-def test_auto_serves_the_fastest_that_passed(reference, validator):
-    good = Wrapped(reference, "fp16-output", fp16=True)
-    bad = Wrapped(reference, "shifted", shift_px=6, noise=0.05)
+def test_auto_serves_the_fastest_that_passed(inner, reference, validator):
+    good = Wrapped(inner, "fp16-output", fp16=True)
+    bad = Wrapped(inner, "shifted", shift_px=6, noise=0.05)
     chosen = select_precision("auto", reference, "onnxruntime-fp32",
                               [candidate(bad, "int8"), candidate(good, "bf16")], lambda: validator, LIMITS)
     passed = {t.precision: t.images_per_s for t in chosen.trials if t.accepted}
@@ -128,11 +137,11 @@ def test_a_failed_build_is_reported_and_never_fatal(reference, validator):
     assert chosen.trials[1].reason == "failed: RuntimeError: calibration exploded"
 
 
-def test_no_validation_set_means_fp32(reference):
+def test_no_validation_set_means_fp32(inner, reference):
     def no_fonts():
         raise FileNotFoundError("fonts missing")
 
-    good = Wrapped(reference, "fp16-output", fp16=True)
+    good = Wrapped(inner, "fp16-output", fp16=True)
     chosen = select_precision("auto", reference, "onnxruntime-fp32", [candidate(good, "int8")], no_fonts, LIMITS)
     assert chosen.precision == "fp32" and "guard could not run (FileNotFoundError: fonts missing)" in chosen.reason
 
@@ -143,3 +152,29 @@ def test_fp32_is_exact_and_unguarded(reference):
 
     chosen = select_precision("fp32", reference, "onnxruntime-fp32", [], never, LIMITS)
     assert chosen.engine is reference and chosen.precision == "fp32" and len(chosen.trials) == 1
+
+
+@pytest.mark.gpu
+def test_torch_fp16_on_cuda_goes_through_the_guard(tmp_path):
+    """The service's GPU path: gpu_candidates offers torch fp16, the same guard judges it against torch fp32."""
+    import torch
+
+    from services.detection.engine_selection import fp32_settings, gpu_candidates
+    from services.detection.engines.torch_engine import TorchEngine
+    from services.detection.models import ResolvedModel
+
+    s = DetectionSettings(_env_file=None, device="gpu", engine="torch", torch_random_weights=True)
+    reference = TorchEngine("ch_PP-OCRv5_det_mobile", None, fp32_settings(s))
+    reference.load([], 1)
+    weights = tmp_path / "same.pth"
+    torch.save(reference.model.state_dict(), weights)  # fp16 must run the same (random) weights
+    model = ResolvedModel("PP-OCRv5_mobile_det", "PP-OCRv5_mobile_det", weights, "torch", "configured")
+    (fp16,) = gpu_candidates(model, s, [])
+    assert (fp16.precision, fp16.label) == ("fp16", "torch-fp16")
+    validator = Validator(validation_set(4, max_side=640), ResizeConfig(960, "max"), NormalizeConfig(),
+                          DBPostProcessor(PostprocessConfig()), timing_images=2)
+    chosen = select_precision("fp16", reference, "torch-fp32", [fp16], lambda: validator, LIMITS)
+    trial = chosen.trials[1]
+    assert trial.precision == "fp16" and trial.match_rate is not None and trial.images_per_s > 0
+    assert chosen.precision == ("fp16" if trial.accepted else "fp32")
+    assert str(chosen.engine.describe().get("fp16")) == str(trial.accepted)

