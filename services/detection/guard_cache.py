@@ -79,8 +79,9 @@ def cpu_identity() -> dict[str, Any]:
     return {"machine": platform.machine(), "capabilities": capabilities}
 
 
-def key_parts(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig, normalize: NormalizeConfig,
-              postprocess: PostprocessConfig, buckets: Sequence[Shape]) -> dict[str, Any]:
+def key_parts(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
+              normalize: NormalizeConfig, postprocess: PostprocessConfig,
+              buckets: Sequence[Shape]) -> dict[str, Any]:
     """Everything the guard's verdict depends on (JSON-ready)."""
     candidates = candidates_for(model, settings, resize, normalize, buckets)
     quantized = {m: cache_key(model.path, calibration_spec(m, settings, resize, normalize))
@@ -88,7 +89,8 @@ def key_parts(model: ResolvedModel, settings: DetectionSettings, resize: ResizeC
     return {
         "model": {"name": model.name, "format": model.format, "sha256": model_digest(model.path)},
         "requested": settings.precision,
-        "engine": settings.engine, "device": settings.device, "gpu_id": settings.gpu_id, "threads": settings.threads,
+        "engine": settings.engine, "device": settings.device, "gpu_id": settings.gpu_id,
+        "threads": settings.threads,
         "candidates": [[c.precision, c.label] for c in candidates],
         "quantized_keys": quantized,
         "validation": {"images": settings.guard_images, "real_images": settings.guard_real_images,
@@ -121,13 +123,13 @@ def load_verdict(path: Path, key: str) -> GuardVerdict | None:
                     type(exc).__name__, str(exc)[:200])
         return None
     if verdict.version != VERSION or verdict.key != key:
-        log.warning("ignoring the cached guard verdict %s: it was stored for another key; running the guard", path)
+        log.warning("ignoring the cached guard verdict %s: stored for another key; running the guard", path)
         return None
     chosen = next((t for t in verdict.trials if t.engine == verdict.label and t.accepted), None)
     built = (chosen.build or {}).get("quantization", {}).get("path") if chosen else None
     if chosen is None or built and not Path(built).is_file():
-        log.warning("ignoring the cached guard verdict %s: its chosen engine %s is gone; running the guard", path,
-                    verdict.label)
+        log.warning("ignoring the cached guard verdict %s: its chosen engine %s is gone; running the guard",
+                    path, verdict.label)
         return None
     return verdict
 
@@ -135,7 +137,8 @@ def load_verdict(path: Path, key: str) -> GuardVerdict | None:
 def worth_caching(trials: Sequence[Trial]) -> bool:
     """Only a guard that ran to the end: the reference measured, no candidate failed to build (a failure may be
     passing: memory, a full disk), so the next start tries again."""
-    return bool(trials) and trials[0].hmean is not None and not any(t.reason.startswith("failed") for t in trials)
+    failed = any(t.reason.startswith("failed") for t in trials)
+    return bool(trials) and trials[0].hmean is not None and not failed
 
 
 def save_verdict(path: Path, verdict: GuardVerdict) -> None:

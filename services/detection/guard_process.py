@@ -66,23 +66,30 @@ def build_chosen(choice: Choice, model: ResolvedModel, settings: DetectionSettin
 def _cached_selection(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
                       normalize: NormalizeConfig, postprocess: PostprocessConfig,
                       buckets: Sequence[Shape]) -> tuple[Selection | None, Path | None, dict | None]:
-    """(the selection from a cached verdict or None, the verdict's file, the key's parts). Never raises."""
+    """(the selection from a cached verdict or None, where the verdict belongs, what its key hashes).
+    Never raises: the cache only saves time, so on any trouble the guard runs."""
     started = time.perf_counter()
     try:
         parts = guard_cache.key_parts(model, settings, resize, normalize, postprocess, buckets)
-        path = guard_cache.verdict_path(settings.guard_cache_dir, model.name, guard_cache.verdict_key(parts))
-        verdict = guard_cache.load_verdict(path, guard_cache.verdict_key(parts))
-        if verdict is None:
-            return None, path, parts
+        key = guard_cache.verdict_key(parts)
+        path = guard_cache.verdict_path(settings.guard_cache_dir, model.name, key)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("precision guard: no verdict cache (%s: %s)", type(exc).__name__, exc, exc_info=True)
+        return None, None, None
+    verdict = guard_cache.load_verdict(path, key)
+    if verdict is None:
+        return None, path, parts
+    try:
         choice = Choice(verdict.precision, verdict.label, verdict.trials, verdict.reason, verdict.seconds)
         engine = build_chosen(choice, model, settings, resize, normalize, buckets)
-    except Exception as exc:  # noqa: BLE001 - the cache only saves time: on any trouble, run the guard
-        log.warning("precision guard: cached verdict not used (%s: %s)", type(exc).__name__, exc, exc_info=True)
-        return None, None, None
+    except Exception as exc:  # noqa: BLE001
+        log.warning("precision guard: the cached verdict's engine did not build (%s: %s); running the guard",
+                    type(exc).__name__, exc, exc_info=True)
+        return None, path, parts
     log.info("precision guard: verdict from the cache (measured %s): %s", verdict.measured_at.isoformat(),
              verdict.reason)
-    guard = {"cached": True, "measured_at": verdict.measured_at.isoformat(), "measured_seconds": round(verdict.seconds, 2),
-             "key": verdict.key, "path": str(path)}
+    guard = {"cached": True, "measured_at": verdict.measured_at.isoformat(),
+             "measured_seconds": round(verdict.seconds, 2), "key": key, "path": str(path)}
     return (Selection(engine, verdict.precision, verdict.label, verdict.trials, verdict.reason,
                       time.perf_counter() - started, guard), path, parts)
 
@@ -118,8 +125,9 @@ def isolated_guarded_engine(model: ResolvedModel, settings: DetectionSettings, r
                                                        reason=reason)], reason, 0.0)
     guard: dict[str, object] = {"cached": False, "measured_at": measured_at.isoformat()}
     if path is not None and parts is not None and guard_cache.worth_caching(choice.trials):
+        key = guard_cache.verdict_key(parts)
         guard_cache.save_verdict(path, guard_cache.GuardVerdict(
-            key=guard_cache.verdict_key(parts), parts=parts, measured_at=measured_at, precision=choice.precision,
-            label=choice.label, reason=choice.reason, seconds=choice.seconds, trials=choice.trials))
-        guard |= {"key": guard_cache.verdict_key(parts), "path": str(path)}
+            key=key, parts=parts, measured_at=measured_at, precision=choice.precision, label=choice.label,
+            reason=choice.reason, seconds=choice.seconds, trials=choice.trials))
+        guard |= {"key": key, "path": str(path)}
     return Selection(engine, choice.precision, choice.label, choice.trials, choice.reason, choice.seconds, guard)
