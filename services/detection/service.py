@@ -81,11 +81,14 @@ class ServedModel:
             body["engine"] = self.engine_info
         if self.selection is not None:
             sel = self.selection
-            body["precision"] = {
+            precision: dict[str, object] = {
                 "requested": self.settings.precision, "serving": sel.precision, "engine": sel.label,
                 "reason": sel.reason, "guard_seconds": round(sel.seconds, 2),
                 "tried": [t.model_dump(exclude_none=True) for t in sel.trials],
             }
+            if sel.guard is not None:
+                precision["guard"] = sel.guard
+            body["precision"] = precision
         if self.batcher is not None:
             b = self.batcher
             body["buckets"] = {"mode": self.settings.bucket_mode, "sides": b.bucket_sides,

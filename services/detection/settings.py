@@ -74,6 +74,7 @@ class DetectionSettings(BaseSettings):
     data_dir: Path = Field(Path("./data"), validation_alias=AliasChoices("DETBOOTH_DETECTION_DATA_DIR",
                                                                          "DETBOOTH_DATA_DIR", "data_dir"))
     quantized_cache_dir: Path | None = None  # default: <data_dir>/detection/quantized
+    guard_cache: bool = True  # reuse the guard's verdict (<data_dir>/detection/guard) while its key is unchanged
 
     # --- batching
     max_batch_size: int = Field(8, ge=1, le=256)
@@ -143,6 +144,10 @@ class DetectionSettings(BaseSettings):
     @property
     def quantized_cache(self) -> Path:
         return self.quantized_cache_dir or self.data_dir / "detection" / "quantized"
+
+    @property
+    def guard_cache_dir(self) -> Path:
+        return self.quantized_cache.parent / "guard"
 
     @property
     def served_models(self) -> list[str]:

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 import redis
 from pydantic import BaseModel, Field
 
+from services.jobs.keys import Keys
+
 log = logging.getLogger(__name__)
 
 # seconds; a fine-tune runs minutes to hours, a generation seconds
@@ -86,33 +88,26 @@ class JobStats:
 
     def __init__(self, client: redis.Redis, prefix: str):
         self.r = client
-        self.prefix = prefix
+        self.keys = Keys(prefix)
         self._record = client.register_script(_RECORD)
-
-    def _running_key(self, job_type: str) -> str:
-        return f"{self.prefix}:stats:running:{job_type}"
-
-    @property
-    def _stats_key(self) -> str:
-        return f"{self.prefix}:stats:jobs"
 
     def record(self, job_id: str, job_type: str, status: str, duration_s: float | None = None) -> None:
         dur = "" if duration_s is None else repr(max(0.0, duration_s))
         buckets = buckets_for(duration_s) if duration_s is not None else []
-        self._record(keys=[self._running_key(job_type), self._stats_key],
+        self._record(keys=[self.keys.stats_running(job_type), self.keys.stats_jobs],
                      args=[job_id, status, job_type, dur, *buckets])
 
     def running(self, job_types: Iterable[str]) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)
         types = list(job_types)
         for t in types:
-            pipe.scard(self._running_key(t))
+            pipe.scard(self.keys.stats_running(t))
         return dict(zip(types, pipe.execute()))
 
     def finished(self) -> dict[str, dict]:
         """{"<type>:<status>": {"count", "timed", "sum", "buckets": {le: cumulative count}}}."""
         out: dict[str, dict] = {}
-        for raw_k, raw_v in self.r.hgetall(self._stats_key).items():
+        for raw_k, raw_v in self.r.hgetall(self.keys.stats_jobs).items():
             kind, _, rest = raw_k.decode().partition(":")
             if kind == "le":
                 key, _, le = rest.rpartition(":")
@@ -127,35 +122,28 @@ class WorkerRegistry:
 
     def __init__(self, client: redis.Redis, prefix: str, ttl_s: float = 15.0, forget_after_s: float = 3600.0):
         self.r = client
-        self.prefix = prefix
+        self.keys = Keys(prefix)
         self.ttl_s = ttl_s
         self.forget_after_s = forget_after_s
         self._beat = client.register_script(_BEAT)
 
-    @property
-    def _index_key(self) -> str:
-        return f"{self.prefix}:workers"
-
-    def _record_key(self, name: str) -> str:
-        return f"{self.prefix}:worker:{name}"
-
     def beat(self, beat: WorkerBeat) -> None:
         beat = beat.model_copy(update={"at": time.time()})
-        self._beat(keys=[self._index_key, self._record_key(beat.name)],
+        self._beat(keys=[self.keys.workers, self.keys.worker(beat.name)],
                    args=[beat.name, beat.at, beat.model_dump_json(), max(1, int(self.forget_after_s)),
                          self.forget_after_s])
 
     def leave(self, name: str) -> None:
         """A worker that shuts down cleanly is down at once, not a heartbeat timeout later."""
-        self.r.zadd(self._index_key, {name: time.time() - self.ttl_s}, xx=True)  # listed, as down, until forgotten
+        self.r.zadd(self.keys.workers, {name: time.time() - self.ttl_s}, xx=True)  # listed, as down, until forgotten
 
     def workers(self) -> list[WorkerStatus]:
         now = time.time()
-        rows = self.r.zrangebyscore(self._index_key, now - self.forget_after_s, "+inf", withscores=True)
+        rows = self.r.zrangebyscore(self.keys.workers, now - self.forget_after_s, "+inf", withscores=True)
         names = [n.decode() for n, _ in rows]
         pipe = self.r.pipeline(transaction=False)
         for n in names:
-            pipe.get(self._record_key(n))
+            pipe.get(self.keys.worker(n))
         out = []
         for (name, at), raw in zip(zip(names, (s for _, s in rows)), pipe.execute()):
             beat = WorkerBeat.model_validate_json(raw) if raw else None

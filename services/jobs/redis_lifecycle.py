@@ -16,56 +16,19 @@ from typing import Any
 
 import redis
 
+from services.jobs.keys import Keys
 from services.jobs.webhooks import WebhookEvent, emit
 
 log = logging.getLogger(__name__)
-
-
-class LifecycleKeys:
-    """Key names of the data lifecycle; the job, model and owner keys are the adapter's own (`Keys`)."""
-
-    def __init__(self, keys: Any):
-        self.prefix = keys.prefix
-        self.job, self.model, self.owner_models = keys.job, keys.model, keys.owner_models
-
-    @property
-    def deleted(self) -> str:
-        return f"{self.prefix}:deleted"
-
-    def owner_storage(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}:storage"
-
-    @property
-    def storage_owner(self) -> str:
-        """job id -> owner of every job whose files are counted (so that expired jobs can be uncounted)."""
-        return f"{self.prefix}:storage:owner"
-
-    @property
-    def indexed(self) -> str:
-        return f"{self.prefix}:meta:indexed"
-
-    def lock(self, name: str) -> str:
-        return f"{self.prefix}:lock:{name}"
-
-    @property
-    def webhooks_due(self) -> str:
-        return f"{self.prefix}:webhooks:due"
-
-    def webhook(self, delivery_id: str) -> str:
-        return f"{self.prefix}:webhook:{delivery_id}"
-
-    def webhook_progress(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:webhook-progress"
 
 
 class RedisLifecycle:
     """Mixed into the adapter's class, which provides `self.r` (a redis.Redis)."""
 
     r: redis.Redis
-    keys: Any  # the adapter's `Keys`
+    keys: Keys
 
     def init_lifecycle(self, progress_interval_s: float = 10.0) -> None:
-        self.lkeys = LifecycleKeys(self.keys)
         self.webhooks = RedisWebhookOutbox(self, progress_interval_s)
 
     # data lifecycle (services/jobs/deletion.py, sweeper.py, reindex.py) ------------------------------------
@@ -73,60 +36,60 @@ class RedisLifecycle:
         """Remove a model's registration; its owner, or None when there was none."""
         owner = self.model_owner(model_id)
         pipe = self.r.pipeline()
-        pipe.delete(self.lkeys.model(model_id))
+        pipe.delete(self.keys.model(model_id))
         if owner is not None:
-            pipe.zrem(self.lkeys.owner_models(owner), model_id)
+            pipe.zrem(self.keys.owner_models(owner), model_id)
         pipe.execute()
         return owner
 
     def model_owner(self, model_id: str) -> str | None:
-        raw = self.r.hget(self.lkeys.model(model_id), "owner")
+        raw = self.r.hget(self.keys.model(model_id), "owner")
         return raw.decode() if raw is not None else None
 
     def mark_deleted(self, job_id: str) -> None:
-        self.r.zadd(self.lkeys.deleted, {job_id: time.time()})
+        self.r.zadd(self.keys.deleted, {job_id: time.time()})
 
     def is_deleted(self, job_id: str) -> bool:
-        return self.r.zscore(self.lkeys.deleted, job_id) is not None
+        return self.r.zscore(self.keys.deleted, job_id) is not None
 
     def deleted_ids(self) -> set[str]:
-        return {i.decode() for i in self.r.zrange(self.lkeys.deleted, 0, -1)}
+        return {i.decode() for i in self.r.zrange(self.keys.deleted, 0, -1)}
 
     def forget_deleted(self, older_than: float) -> None:
-        self.r.zremrangebyscore(self.lkeys.deleted, "-inf", older_than)
+        self.r.zremrangebyscore(self.keys.deleted, "-inf", older_than)
 
     def live_ids(self, job_ids: list[str]) -> set[str]:
         """Which of `job_ids` still have a job record or a registered model."""
         pipe = self.r.pipeline(transaction=False)
         for i in job_ids:
-            pipe.exists(self.lkeys.job(i), self.lkeys.model(i))
+            pipe.exists(self.keys.job(i), self.keys.model(i))
         return {i for i, n in zip(job_ids, pipe.execute()) if n}
 
     def record_storage(self, owner: str, job_id: str, nbytes: int) -> None:
         pipe = self.r.pipeline()
-        pipe.hset(self.lkeys.owner_storage(owner), job_id, int(nbytes))
-        pipe.hset(self.lkeys.storage_owner, job_id, owner)
+        pipe.hset(self.keys.owner_storage(owner), job_id, int(nbytes))
+        pipe.hset(self.keys.storage_owner, job_id, owner)
         pipe.execute()
 
     def drop_storage(self, job_id: str) -> None:
-        owner = self.r.hget(self.lkeys.storage_owner, job_id)
+        owner = self.r.hget(self.keys.storage_owner, job_id)
         pipe = self.r.pipeline()
         if owner is not None:
-            pipe.hdel(self.lkeys.owner_storage(owner.decode()), job_id)
-        pipe.hdel(self.lkeys.storage_owner, job_id)
+            pipe.hdel(self.keys.owner_storage(owner.decode()), job_id)
+        pipe.hdel(self.keys.storage_owner, job_id)
         pipe.execute()
 
     def storage_used(self, owner: str) -> int:
-        return sum(int(v) for v in self.r.hvals(self.lkeys.owner_storage(owner)))
+        return sum(int(v) for v in self.r.hvals(self.keys.owner_storage(owner)))
 
     def is_indexed(self) -> bool:
-        return bool(self.r.exists(self.lkeys.indexed))
+        return bool(self.r.exists(self.keys.indexed))
 
     def mark_indexed(self) -> None:
-        self.r.set(self.lkeys.indexed, datetime.now().isoformat())
+        self.r.set(self.keys.indexed, datetime.now().isoformat())
 
     def try_lock(self, name: str, ttl_s: int) -> bool:
-        return bool(self.r.set(self.lkeys.lock(name), _holder_token(), nx=True, ex=ttl_s))
+        return bool(self.r.set(self.keys.lock(name), _holder_token(), nx=True, ex=ttl_s))
 
     def persistence(self) -> dict[str, str] | None:
         """Redis' `appendonly` and `save` settings; None when CONFIG is not allowed (managed Redis)."""
@@ -146,7 +109,7 @@ class RedisLifecycle:
     def notify_progress(self, job_id: str) -> None:
         """A `progress` webhook for jobs that asked for one (reads only the spec first: this runs every step)."""
         try:
-            spec = self.r.hget(self.lkeys.job(job_id), "spec")
+            spec = self.r.hget(self.keys.job(job_id), "spec")
             if spec is None or b'"webhook"' not in spec or b'"progress"' not in spec:
                 return
             emit(self.webhooks, self.get(job_id), WebhookEvent.progress)
@@ -171,7 +134,7 @@ class RedisWebhookOutbox:
     mid-delivery lets another send it again."""
 
     def __init__(self, system: RedisLifecycle, progress_interval_s: float = 10.0, keep_s: int = 3 * 24 * 3600):
-        self.r, self.keys = system.r, system.lkeys
+        self.r, self.keys = system.r, system.keys
         self.progress_interval_s = progress_interval_s
         self.keep_s = keep_s
         self._claim = self.r.register_script(_WEBHOOK_CLAIM)

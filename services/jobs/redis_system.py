@@ -38,6 +38,7 @@ from services.contracts.jobs import (
     new_job_id,
     utcnow,
 )
+from services.jobs.keys import Keys
 from services.jobs.interface import (
     Event,
     IdempotencyConflict,
@@ -53,61 +54,6 @@ from services.jobs.tasks import QUEUE_FOR_TYPE, TASK_FOR_TYPE
 log = logging.getLogger(__name__)
 _SCALARS = ("id", "type", "owner", "status")
 _ACTIVE = (JobStatus.queued, JobStatus.running)
-
-
-class Keys:
-    """Every Redis key name of the job system (the Celery ones follow Kombu's transport)."""
-
-    def __init__(self, prefix: str, celery_keyprefix: str | None = None):
-        self.prefix = prefix
-        self.celery_keyprefix = celery_keyprefix if celery_keyprefix is not None else f"{prefix}:celery:"
-
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def events(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:events"
-
-    def lease(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:lease"
-
-    def owner_jobs(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}:jobs"
-
-    @property
-    def owner_prefix(self) -> str:
-        return f"{self.prefix}:owner:"
-
-    def in_flight(self, owner: str, job_type: JobType | str) -> str:
-        """The owner's jobs of a type that hold a slot (queued or running), scored by when it was taken."""
-        return f"{self.owner_prefix}{owner}:inflight:{JobType(job_type).value}"
-
-    def idempotency(self, owner: str, key: str) -> str:
-        return f"{self.prefix}:idem:{owner}:{key}"
-
-    def model(self, model_id: str) -> str:
-        return f"{self.prefix}:model:{model_id}"
-
-    def owner_models(self, owner: str) -> str:
-        return f"{self.prefix}:owner:{owner}:models"
-
-    def claim(self, job_id: str) -> str:
-        return f"{self.prefix}:gen:claim:{job_id}"
-
-    def claim_result(self, job_id: str) -> str:
-        return f"{self.prefix}:gen:result:{job_id}"
-
-    def rate(self, owner: str, window: int) -> str:
-        return f"{self.prefix}:ratelimit:{owner}:{window}"
-
-    def queue(self, name: str) -> str:
-        """Kombu's Redis list of a queue's waiting messages."""
-        return f"{self.celery_keyprefix}{name}"
-
-    @property
-    def unacked_index(self) -> str:
-        """Kombu's sorted set of delivered, unacknowledged messages (scored by delivery time)."""
-        return f"{self.celery_keyprefix}unacked_index"
 
 
 # KEYS: job hash, owner index, idempotency key ("" = none), events stream.

@@ -25,7 +25,8 @@ GUARD = {"precision": "auto", "guard_images": "3", "guard_real_images": "false",
 @pytest.fixture(scope="module")
 def server(start_detection, tmp_path_factory):
     return start_detection(model=DEFAULT, models=f"{DEFAULT},{OTHER}",
-                           quantized_cache_dir=str(tmp_path_factory.mktemp("quantized")), **GUARD)
+                           # its own folder: the guard's verdicts go beside it
+                           quantized_cache_dir=str(tmp_path_factory.mktemp("cache") / "quantized"), **GUARD)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,10 @@
 """precision=auto over HTTP: the service quantizes on its calibration set, runs the guard, says what it chose
-in /readyz, and every response names the precision; a second start reuses the cached quantized model."""
+in /readyz, and every response names the precision; a second start reuses the guard's cached verdict, and with
+the verdict cache off, the cached quantized model."""
 
 from __future__ import annotations
+
+import time
 
 import httpx
 import pytest
@@ -14,13 +17,17 @@ GUARD = {"precision": "auto", "guard_images": "3", "guard_real_images": "false",
 
 @pytest.fixture(scope="module")
 def quantized_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("quantized")
+    return tmp_path_factory.mktemp("cache") / "quantized"  # its own folder: the guard's verdicts go beside it
 
 
 def test_auto_precision_is_guarded_reported_and_cached(start_detection, quantized_cache):
+    started = time.monotonic()
     server = start_detection(**GUARD, quantized_cache_dir=str(quantized_cache))
+    first_start = time.monotonic() - started
     precision = server.readiness["precision"]
     assert precision["requested"] == "auto" and precision["guard_seconds"] > 0
+    assert precision["guard"]["cached"] is False and precision["guard"]["measured_at"]
+    assert "[guard]" in server.log()  # the guard's child process ran (its log lines carry the tag)
     tried = {t["engine"]: t for t in precision["tried"]}
     assert tried["onnxruntime-fp32"]["accepted"] and tried["onnxruntime-fp32"]["match_rate"] == 1.0
     int8 = tried["onnxruntime-int8-ort_qdq"]
@@ -38,7 +45,24 @@ def test_auto_precision_is_guarded_reported_and_cached(start_detection, quantize
     assert r.status_code == 200, r.text
     assert r.json()["precision"] == served and r.json()["results"][0]["boxes"]
 
-    again = start_detection(**GUARD, quantized_cache_dir=str(quantized_cache))
+    # the same settings: the verdict comes from the cache, no guard process runs, the start is shorter
+    started = time.monotonic()
+    cached = start_detection(**GUARD, quantized_cache_dir=str(quantized_cache))
+    cached_start = time.monotonic() - started
+    reused = cached.readiness["precision"]
+    assert reused["guard"]["cached"] is True and reused["guard"]["measured_at"] == precision["guard"]["measured_at"]
+    assert reused["guard"]["key"] == precision["guard"]["key"]
+    assert reused["serving"] == served and reused["engine"] == precision["engine"]
+    assert reused["tried"] == precision["tried"]  # hmean, match rate, images/s as measured
+    assert "[guard]" not in cached.log() and "verdict from the cache" in cached.log()
+    assert reused["guard_seconds"] < precision["guard_seconds"] and cached_start < first_start, (cached_start,
+                                                                                                first_start)
+    r = httpx.post(f"{cached.url}/v1/detect", files=[("images", ("a.png", encode(image), "image/png"))], timeout=60)
+    assert r.status_code == 200 and r.json()["precision"] == served and r.json()["results"][0]["boxes"]
+
+    # the verdict cache off: the guard runs again, on the cached quantized model
+    again = start_detection(**GUARD, quantized_cache_dir=str(quantized_cache), guard_cache="false")
+    assert again.readiness["precision"]["guard"]["cached"] is False and "[guard]" in again.log()
     int8_again = next(t for t in again.readiness["precision"]["tried"] if t["precision"] == "int8")
     assert int8_again["build"]["quantization"]["cache_hit"] is True
     assert int8_again["build"]["quantization"]["key"] == int8["build"]["quantization"]["key"]
