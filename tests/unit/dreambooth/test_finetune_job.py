@@ -112,24 +112,32 @@ def test_finetune_job_succeeds_reports_progress_and_registers_the_model(env, tin
     assert len(os.listdir(settings.data_dir / "class_images")) == 1  # generated once, cached
 
 
+def run_and_cancel_when(store: RedisJobSystem, job_id: str, reached) -> None:
+    """Runs the fine-tune task here while a thread cancels the job once its progress satisfies `reached`."""
+
+    def cancel_when_reached():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if reached(store.get(job_id).progress):
+                store.cancel(job_id)
+                return
+            time.sleep(0.05)
+
+    canceller = threading.Thread(target=cancel_when_reached)
+    canceller.start()
+    tasks.finetune(job_id)
+    canceller.join()
+
+
 def test_cancel_while_class_images_are_made_stops_there(env):
     """A cancel is honoured between batches of class images, not only once training runs."""
     store, artifacts, settings = env
     job = create_job(store, artifacts, {**CONFIG, "class_prompt": "a photo of a cat", "num_class_images": 60})
 
-    def cancel_when_making_class_images():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            progress = store.get(job.id).progress
-            if progress.phase == "class_images" and progress.phases["class_images"].step >= 2:
-                store.cancel(job.id)
-                return
-            time.sleep(0.05)
+    def making_class_images(progress) -> bool:
+        return progress.phase == "class_images" and progress.phases["class_images"].step >= 2
 
-    canceller = threading.Thread(target=cancel_when_making_class_images)
-    canceller.start()
-    tasks.finetune(job.id)
-    canceller.join()
+    run_and_cancel_when(store, job.id, making_class_images)
     job = store.get(job.id)
     assert job.status == JobStatus.canceled and job.progress.phase == "class_images"
     made = list((settings.data_dir / "class_images").glob("*/*.png"))
@@ -142,18 +150,7 @@ def test_cancel_stops_training_and_keeps_the_last_checkpoint(env):
     job = create_job(store, artifacts, {**CONFIG, "with_prior_preservation": False, "max_train_steps": 200,
                                         "checkpoint_every": 100})
 
-    def cancel_when_training():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if store.get(job.id).progress.step >= 2:
-                store.cancel(job.id)
-                return
-            time.sleep(0.05)
-
-    canceller = threading.Thread(target=cancel_when_training)
-    canceller.start()
-    tasks.finetune(job.id)
-    canceller.join()
+    run_and_cancel_when(store, job.id, lambda progress: progress.step >= 2)
     job = store.get(job.id)
     assert job.status == JobStatus.canceled
     ckpts = artifacts.list(f"jobs/{job.id}/checkpoints")
