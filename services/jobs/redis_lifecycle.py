@@ -1,6 +1,6 @@
 """The Redis side of the data lifecycle: deletion tombstones, per-owner storage use, the recovery marker,
-locks, model unregistration, and the webhook outbox. Part of the job system's Redis adapter (the only code
-besides it that knows these key names); mixed into the adapter's class.
+locks, model unregistration, and the webhook outbox. Part of the job system's Redis adapter, mixed into its
+class; its key names are in services/jobs/keys.py with the adapter's others.
 
 Used by services/jobs/deletion.py, sweeper.py, reindex.py and webhooks.py through the adapter's methods.
 """
