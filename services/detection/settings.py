@@ -49,7 +49,7 @@ class DetectionSettings(BaseSettings):
     # OpenVINO CPU_RUNTIME_CACHE_CAPACITY: compiled primitive executors kept across input shapes (an LRU; dozens
     # per image shape). OpenVINO's default, 5000, lets RSS grow ~5.5 MB with every new shape; 0 keeps none and
     # recompiles per call. Measured in services/detection/README.md (bench/detect_memory.py).
-    openvino_cache_capacity: int = Field(300, ge=0)
+    openvino_cache_capacity: int = Field(60, ge=0)
     ort_spin: bool = False  # let onnxruntime's idle threads spin (faster alone, slower beside the CPU pool)
     use_tensorrt: bool = False
     trt_precision: Literal["fp32", "fp16", "int8"] = "fp16"
