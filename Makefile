@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed
 CHROMIUM := $(VENV)/.chromium
 FONTS    := $(VENV)/.fonts
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, a test file each at a time (its module fixtures built once), files in the order
+# collected: the suite waits on servers and jobs much of the time, so two keep both cores busy.
+# PYTEST_ARGS="-n 0" runs it in one process.
+TEST_WORKERS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run test test-fast bench gpu-check lint compose-check clean
 
@@ -43,10 +47,10 @@ run: $(STAMP) $(FONTS)
 	$(PY) -m services.stack
 
 test: $(STAMP) $(CHROMIUM) $(FONTS)
-	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) $(CHROMIUM) $(FONTS)
-	$(PY) -m pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider -m "not slow" $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/detect_bench.py

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.fault_table import FaultTable
 from tests.procs import Proc, start_redis
 from tests.procs import detection_service, real_stack, shared_worker_stack  # noqa: F401  (session fixtures)
 
@@ -23,6 +24,10 @@ def _cuda() -> bool:
         return torch.cuda.is_available()
     except Exception:
         return False
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(FaultTable(), "detbooth-fault-table")
 
 
 def pytest_collection_modifyitems(config, items):

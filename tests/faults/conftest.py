@@ -1,58 +1,11 @@
-"""Fault tests: a table of every fault, what was checked and the result, printed at the end of the session.
+"""Fault tests: the `fault_note` fixture and the stack shared by the bad-input, security and load tests.
 
 A test names its fault with `@pytest.mark.fault("fault", "what is checked")` (any test in the suite may);
-`fault_note(text)` adds a measured detail (a latency, a count) to its row.
+`fault_note(text)` adds a measured detail (a latency, a count) to its row of the table printed at the end of
+the session (tests/fault_table.py).
 """
 
 import pytest
-
-
-class FaultTable:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, str]] = []  # fault, checked, result, note
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item, call):
-        outcome = yield
-        marker = item.get_closest_marker("fault")
-        if marker is None:
-            return
-        report = outcome.get_result()
-        done = report.when == "call" or (report.when == "setup" and not report.passed)
-        if not done:
-            return
-        fault = marker.args[0] if marker.args else item.name
-        checked = marker.args[1] if len(marker.args) > 1 else ""
-        if hasattr(report, "wasxfail"):
-            result = "KNOWN GAP (xfail)"
-        elif report.skipped:
-            result = "SKIPPED"
-        elif report.passed:
-            result = "PASS"
-        else:
-            result = "FAIL" if report.when == "call" else "ERROR"
-        notes = "; ".join(v for k, v in item.user_properties if k == "fault_note")
-        self.rows.append((fault, checked, result, notes))
-
-    def pytest_terminal_summary(self, terminalreporter):
-        if not self.rows:
-            return
-        tr = terminalreporter
-        tr.section("faults: what was checked")
-        widths = [max(len(r[i]) for r in [("fault", "checked", "result", "")] + self.rows) for i in range(3)]
-        widths = [min(w, 100) for w in widths]
-        head = ("fault", "checked", "result", "measured")
-        line = lambda r: "  ".join(str(c)[:widths[i]].ljust(widths[i]) if i < 3 else str(c)
-                                   for i, c in enumerate(r))
-        tr.write_line(line(head))
-        tr.write_line("  ".join("-" * w for w in widths) + "  --------")
-        for r in self.rows:
-            tr.write_line(line(r))
-
-
-def pytest_configure(config):
-    if not config.pluginmanager.has_plugin("detbooth-fault-table"):
-        config.pluginmanager.register(FaultTable(), "detbooth-fault-table")
 
 
 @pytest.fixture
