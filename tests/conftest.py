@@ -28,6 +28,13 @@ def _cuda() -> bool:
 
 def pytest_configure(config):
     config.pluginmanager.register(FaultTable(), "detbooth-fault-table")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        # torch's intra-op threads default to one per core: with a pytest-xdist worker per core they would
+        # oversubscribe the cores (and spin) whenever two workers compute at once
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_collection_modifyitems(config, items):
