@@ -64,7 +64,8 @@ class DetectionSettings(BaseSettings):
     # auto: the fastest precision that passes the guard; fp32: exact (no guard, boxes as PaddleOCR's);
     # bf16 / fp16 / int8: that one if it passes, else the next down the chain int8 -> fp16 -> bf16 -> fp32
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
-    int8_methods: list[Literal["nncf", "ort_qdq"]] = ["nncf", "ort_qdq"]  # int8 builds to try (CPU)
+    # int8 builds to try (CPU); nncf_ac: NNCF with accuracy control (reverts the costly layers to float)
+    int8_methods: list[Literal["nncf_ac", "nncf", "ort_qdq"]] = ["nncf_ac", "ort_qdq"]
     calibration_images: int = Field(32, ge=1, le=512)  # rendered calibration images for int8 quantization
     guard_images: int = Field(32, ge=1, le=512)  # rendered validation images the guard runs
     guard_real_images: bool = True  # also scikit-image's page() and text() photographs
