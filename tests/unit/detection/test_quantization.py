@@ -130,3 +130,24 @@ def test_a_quantization_failure_is_never_fatal(tmp_path):
     assert int8.precision == "int8" and not int8.accepted and int8.reason.startswith("failed: ")
     assert chosen.precision in ("bf16", "fp32") and "instead of the requested int8" in chosen.reason
     assert np.ptp(chosen.engine.infer(preprocess(validation_set(1, 480, False)[0].image, RESIZE, NORM)[None])) > 0.5
+
+
+def test_accuracy_control_reverts_costly_layers_to_float_and_keys_its_settings(tmp_path):
+    from services.detection.accuracy_control import AccuracyControl
+    import openvino as ov
+
+    control = AccuracyControl(images=3, max_drop=0.0, max_iterations=2, ranking_images=3)
+    spec = CalibrationSpec("nncf_ac", images=2, max_side=320, resize=RESIZE, normalize=NORM, accuracy=control)
+    assert cache_key(V5_MOBILE_ONNX, spec) != cache_key(V5_MOBILE_ONNX, replace(spec, method="nncf"))
+    assert cache_key(V5_MOBILE_ONNX, spec) != cache_key(V5_MOBILE_ONNX, replace(
+        spec, accuracy=replace(control, max_drop=0.01)))
+    assert cache_key(V5_MOBILE_ONNX, spec) != cache_key(V5_MOBILE_ONNX, replace(
+        spec, postprocess=PostprocessConfig(box_thresh=0.5)))
+
+    def fake_quantizers(path) -> int:
+        return sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(path)).get_ordered_ops())
+
+    controlled = quantize_cached(V5_MOBILE_ONNX, spec, tmp_path).path
+    plain = quantize_cached(V5_MOBILE_ONNX, replace(spec, method="nncf"), tmp_path).path
+    assert controlled.parent.name.startswith("nncf_ac-") and controlled.suffix == ".xml"
+    assert 0 < fake_quantizers(controlled) < fake_quantizers(plain)  # still int8, some layers back in float
