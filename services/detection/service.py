@@ -145,6 +145,7 @@ class DetectionService:
             pad_to_buckets=s.bucket_mode == "padded", pow2_batches=s.pow2_batches,
             max_batch_pixels=s.max_batch_pixels, engine_workers=s.engine_workers,
             warmup=s.warmup, on_batch=self.metrics.observe_batch, on_idle=trim_native_heap,
+            on_busy=trim_native_heap if s.heap_trim_every_s else None, busy_every_s=s.heap_trim_every_s,
         )
         served.engine_info = engine.describe()
         self.state = State.WARMING_UP

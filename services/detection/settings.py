@@ -50,6 +50,9 @@ class DetectionSettings(BaseSettings):
     # per image shape). OpenVINO's default, 5000, lets RSS grow ~5.5 MB with every new shape; 0 keeps none and
     # recompiles per call. Measured in services/detection/README.md (bench/detect_memory.py).
     openvino_cache_capacity: int = Field(60, ge=0)
+    # under steady load the heap is trimmed at most this often (0: only once idle): a busy process otherwise keeps
+    # every freed activation and image buffer, ~+100-190 MB over varied shapes (services/detection/README.md)
+    heap_trim_every_s: float = Field(0.5, ge=0)
     ort_spin: bool = False  # let onnxruntime's idle threads spin (faster alone, slower beside the CPU pool)
     use_tensorrt: bool = False
     trt_precision: Literal["fp32", "fp16", "int8"] = "fp16"
