@@ -66,7 +66,8 @@ def cpu_candidates(model: ResolvedModel, settings: DetectionSettings, resize: Re
                        "seconds": round(quantized.seconds, 2), "key": quantized.key, "path": str(quantized.path)}
             return _loaded(engine, buckets, settings.max_batch_size), {"quantization": details}
 
-        out.append(Candidate("int8", f"{'openvino' if openvino else 'onnxruntime'}-int8-{method}", build))
+        bound = "openvino-int8-nncf" if method == "nncf_ac" and "nncf" in settings.int8_methods else None
+        out.append(Candidate("int8", f"{'openvino' if openvino else 'onnxruntime'}-int8-{method}", build, bound))
     if readable and has_bf16():
         out.append(Candidate("bf16", "openvino-bf16", lambda: (
             _loaded(OpenVINOEngine(model.path, settings, "bf16"), buckets, settings.max_batch_size), {})))
