@@ -265,7 +265,7 @@ def _engines(stack: Stack, args):
     """(label, precision, loaded engine) for the served model: fp32 on each CPU engine that reads it, then every
     reduced-precision candidate the precision guard would try (built from the same caches the service uses)."""
     from services.detection.engines import create_engine
-    from services.detection.models import normalize_config, resize_config, resolve_model
+    from services.detection.models import normalize_config, postprocess_config, resize_config, resolve_model
     from services.detection.settings import DetectionSettings
 
     values = {"cpu_threads": args.threads, "allow_download": False, "data_dir": args.data_dir,
@@ -294,7 +294,8 @@ def _engines(stack: Stack, args):
         return
     yml = model.inference_yml
     for candidate in engine_selection.cpu_candidates(model, settings, resize_config(yml, settings),
-                                                     normalize_config(yml), buckets):
+                                                     normalize_config(yml), postprocess_config(yml, settings),
+                                                     buckets):
         try:
             engine, _ = candidate.build()
         except Exception as exc:  # noqa: BLE001

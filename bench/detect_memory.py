@@ -87,7 +87,7 @@ def main() -> None:
         print(json.dumps(measure(**json.loads(args.one))))
         return
     models = default_models() if not args.model else {"fp32": args.model, "bf16": args.model}
-    int8 = args.int8_model or next(iter(sorted(Path.home().glob(".cache/detbooth*/detection/quantized/nncf-*/model.xml"),
+    int8 = args.int8_model or next(iter(sorted(Path.home().glob(".cache/detbooth*/detection/quantized/nncf*-*/model.xml"),
                                               key=lambda p: p.stat().st_mtime, reverse=True)), None)
     if int8:
         models["int8"] = str(int8)

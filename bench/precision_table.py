@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CONFIGS = ("onnxruntime-fp32", "paddle-fp32", "openvino-fp32", "openvino-bf16", "openvino-int8-nncf",
-           "onnxruntime-int8-ort_qdq")
+CONFIGS = ("onnxruntime-fp32", "paddle-fp32", "openvino-fp32", "openvino-bf16", "openvino-int8-nncf_ac",
+           "openvino-int8-nncf", "onnxruntime-int8-ort_qdq")
 
 
 def resolved(name: str):
@@ -48,19 +48,19 @@ def applicable(model, config: str) -> bool:
     return openvino_readable(model.path) is not None
 
 
-def build(model, config: str, args, resize, normalize):
+def build(model, config: str, args, resize, normalize, postprocess):
     from services.detection.engines.onnx_engine import OnnxEngine
     from services.detection.engines.openvino_engine import OpenVINOEngine
     from services.detection.engines.paddle_engine import PaddleEngine
-    from services.detection.quantize import CalibrationSpec, quantize_cached
+    from services.detection.quantize import OPENVINO_METHODS, CalibrationSpec, quantize_cached
     from services.detection.settings import DetectionSettings
 
     settings = DetectionSettings(_env_file=None, cpu_threads=args.threads)
-    if config.endswith(("nncf", "ort_qdq")):
+    if "-int8-" in config:
         method = config.rsplit("-", 1)[1]
-        spec = CalibrationSpec(method, args.calibration, 960, resize, normalize)
+        spec = CalibrationSpec(method, args.calibration, 960, resize, normalize, postprocess=postprocess)
         path = quantize_cached(model.path, spec, Path(args.cache)).path
-        return OpenVINOEngine(path, settings, "int8") if method == "nncf" else OnnxEngine(path, settings)
+        return OpenVINOEngine(path, settings, "int8") if method in OPENVINO_METHODS else OnnxEngine(path, settings)
     if config == "onnxruntime-fp32":
         return OnnxEngine(model.path, settings)
     if config == "paddle-fp32":
@@ -81,12 +81,13 @@ def worker(args) -> None:
     model = resolved(args.model)
     s = DetectionSettings(_env_file=None)
     resize, normalize = resize_config(model.inference_yml, s), normalize_config(model.inference_yml)
-    engine = build(model, args.config, args, resize, normalize)
+    postprocess = postprocess_config(model.inference_yml, s)
+    engine = build(model, args.config, args, resize, normalize, postprocess)
     if args.quantize_only:
         return
     engine.load([], 1)
     validator = Validator(validation_set(args.images), resize, normalize,
-                          DBPostProcessor(postprocess_config(model.inference_yml, s)), timing_images=8)
+                          DBPostProcessor(postprocess), timing_images=8)
     run = validator.run(engine)
     rss = int(Path("/proc/self/statm").read_text().split()[1]) * 4096 >> 20
     Path(args.boxes).write_text(json.dumps([[b.tolist() for b in image] for image in run.boxes]))

@@ -51,14 +51,21 @@ class _Feed:
         self.hub, self.job_id = hub, job_id
         self.subscribers: set[_Subscriber] = set()
         self.task: asyncio.Task | None = None
+        # set once the feed knows where it starts (or failed to): a stream reads its own backlog only after,
+        # so nothing falls between what it read and what the feed delivers
+        self.started = asyncio.Event()
 
     def broadcast(self, item) -> None:
         for sub in list(self.subscribers):
             sub.offer(item)
 
-    async def run(self, cursor: str) -> None:
+    async def run(self) -> None:
         jobs = self.hub.jobs
         try:
+            # the feed starts where the job's stream is now: everything after is the feed's to deliver
+            existing = await jobs.events(self.job_id, after="0-0", count=10_000)
+            cursor = existing[-1].id if existing else "0-0"
+            self.started.set()
             while True:
                 events = await jobs.events(self.job_id, after=cursor, block_ms=self.hub.wait_ms)
                 if events:
@@ -78,6 +85,8 @@ class _Feed:
             self.broadcast(e)
             self.hub._drop(self)
             return
+        finally:
+            self.started.set()  # never leave a joining stream waiting
         self.broadcast(_END)
         self.hub._drop(self)
 
@@ -123,17 +132,21 @@ class JobEventHub:
                 self._drop(feed)
 
     async def _join(self, job_id: str, sub: _Subscriber) -> _Feed:
+        # no await between looking the feed up and registering a new one: streams of one job that arrive
+        # together share one feed (awaiting in between once gave each its own, hundreds of readers per job)
         feed = self._feeds.get(job_id)
         if feed is None or feed.task is None or feed.task.done():
             feed = self._feeds[job_id] = _Feed(self, job_id)
-            feed.subscribers.add(sub)
-            # the feed starts where the stream is now: everything after it is the feed's to deliver, and
-            # everything up to it the stream reads itself (below), so nothing falls in between
-            existing = await self.jobs.events(job_id, after="0-0", count=10_000)
-            feed.task = asyncio.create_task(feed.run(existing[-1].id if existing else "0-0"))
-        else:
-            feed.subscribers.add(sub)
-        sub.lagged = True  # read the backlog first
+            feed.task = asyncio.create_task(feed.run())
+        feed.subscribers.add(sub)
+        try:
+            await feed.started.wait()
+        except BaseException:  # the stream went away while its feed was starting
+            feed.subscribers.discard(sub)
+            if not feed.subscribers:
+                self._drop(feed)
+            raise
+        sub.lagged = True  # read the backlog first: everything up to where the feed started
         return feed
 
     async def _backlog(self, job_id: str, after: str) -> list[Event]:
@@ -146,6 +159,7 @@ class JobEventHub:
             after = page[-1].id
 
     def _drop(self, feed: _Feed) -> None:
+        feed.started.set()
         if self._feeds.get(feed.job_id) is feed:
             del self._feeds[feed.job_id]
         if feed.task is not None and not feed.task.done() and asyncio.current_task() is not feed.task:

@@ -44,18 +44,26 @@ class NotAnImage(Problem):
 
 def sniff_format(upload: "Upload") -> str:
     """The Pillow format of an upload from its header alone, or NotAnImage (415)."""
+    return image_header(upload)[0]
+
+
+def image_header(upload: "Upload") -> tuple[str, tuple[int, int] | None]:
+    """An upload's Pillow format and (width, height), from its header alone (None: a decompression bomb, whose
+    size Pillow refuses to say); NotAnImage (415) for anything else, 422 for an empty file."""
     if not upload.data:
         raise Problem(422, "Empty file", f"{upload.filename} is empty", type_="empty-file")
     try:
-        with Image.open(io.BytesIO(upload.data)) as img:
-            fmt = img.format
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(upload.data)) as img:
+                fmt, size = img.format, img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise NotAnImage(upload.filename) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return "image"  # an image: its size is refused where it is decoded
+        return "image", None
     if fmt not in IMAGE_FORMATS:
         raise NotAnImage(upload.filename, found=fmt)
-    return fmt
+    return fmt, size
 
 
 class BodyTooLarge(Problem):

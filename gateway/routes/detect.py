@@ -11,9 +11,8 @@ from gateway.auth import Caller
 from gateway.detect_uploads import check_detect_uploads
 from gateway.multipart_check import scan_multipart
 from gateway.state import State
-from gateway.uploads import decode_base64_images, sniff_format
+from gateway.uploads import decode_base64_images
 from services.contracts.detect import DetectJSONRequest, DetectParams, DetectResponse
-from services.contracts.documents import sniff_document
 from services.contracts.problems import Problem, validation_problem
 
 router = APIRouter(tags=["detection"])
@@ -70,10 +69,7 @@ async def detect(request: Request, state: State, owner: Caller) -> Response:
         params = parsed.params
     if not files:
         raise Problem(422, "No images", "send at least one image in the `images` field", type_="validation-error")
-    for f in files:  # the same 415 as every other route, before the upload travels on
-        if sniff_document(f.data) is None:  # PDFs and TIFFs are documents: their pages are checked below
-            sniff_format(f)
-    await check_detect_uploads([f.data for f in files], params, s.limits)  # pixels and pages, before it travels
+    await check_detect_uploads(files, params, s.limits)  # formats, pixels and pages, before it travels on
     # the body as received: no second parse, no re-encoding; the detection service reads the same format
     upstream = await state.forwarder.post("/v1/detect", body, ctype)
     passthrough = {k: v for k, v in upstream.headers.items() if k.lower() in ("retry-after",)}

@@ -94,6 +94,8 @@ class DynamicBatcher:
         on_batch: Callable[[int, float], None] | None = None,
         on_idle: Callable[[], object] | None = None,
         idle_after_s: float = 1.0,
+        on_busy: Callable[[], object] | None = None,
+        busy_every_s: float = 0.5,
     ) -> None:
         self.engine = engine
         self.max_batch_size = max_batch_size
@@ -114,6 +116,11 @@ class DynamicBatcher:
         # called once each time the batcher has had nothing to do for idle_after_s (e.g. to trim the heap)
         self.on_idle = on_idle
         self.idle_after_s = idle_after_s
+        # called on an engine thread after a batch, at most every busy_every_s while batches keep coming (e.g. to
+        # trim the heap under steady load, when on_idle never comes)
+        self.on_busy = on_busy
+        self.busy_every_s = busy_every_s
+        self._busy_last = 0.0
         self._idle_done = on_idle is None
         self._pending: dict[Shape, deque[_Item]] = {}
         self._queued = 0
@@ -308,6 +315,9 @@ class DynamicBatcher:
                 log.exception("engine failed on a batch of %d at %s", len(job.items), job.bucket)
                 results, error, engine_s = None, exc, time.perf_counter() - started
             self._loop.call_soon_threadsafe(self._finish, job, results, error, engine_s)
+            if self.on_busy is not None and time.perf_counter() - self._busy_last >= self.busy_every_s:
+                self._busy_last = time.perf_counter()
+                self.on_busy()
 
     @staticmethod
     def _assemble(job: _Job) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Which engines can serve a model at which precision on this device, and the guarded choice between them.
 
-CPU: int8 from NNCF (OpenVINO) or ONNX Runtime static QDQ, quantized on the calibration set and cached;
+CPU: int8 from NNCF (OpenVINO; accuracy-controlled by default) or ONNX Runtime static QDQ, quantized on the calibration set and cached;
 bf16 on OpenVINO where the CPU has it. GPU: TensorRT fp16/int8 (Paddle or ONNX Runtime, when use_tensorrt),
 torch fp16. fp32 is the reference engine, the one ``create_engine`` builds from the settings.
 """
@@ -17,7 +17,7 @@ from .models import ResolvedModel
 from .postprocess import DBPostProcessor, PostprocessConfig
 from .precision_guard import Candidate, GuardLimits, Selection, Validator, select_precision
 from .preprocess import NormalizeConfig, ResizeConfig
-from .quantize import CalibrationSpec, quantize_cached
+from .quantize import OPENVINO_METHODS, CalibrationSpec, quantize_cached
 from .settings import DetectionSettings
 from .textset import validation_set
 
@@ -38,32 +38,36 @@ def _loaded(engine: Engine, buckets: Sequence[Shape], max_batch_size: int) -> En
     return engine
 
 
-def calibration_spec(method: str, settings: DetectionSettings, resize: ResizeConfig,
-                     normalize: NormalizeConfig) -> CalibrationSpec:
-    return CalibrationSpec(method, settings.calibration_images, settings.textset_max_side, resize, normalize)
+def calibration_spec(method: str, settings: DetectionSettings, resize: ResizeConfig, normalize: NormalizeConfig,
+                     postprocess: PostprocessConfig) -> CalibrationSpec:
+    return CalibrationSpec(method, settings.calibration_images, settings.textset_max_side, resize, normalize,
+                           postprocess=postprocess)
 
 
 def cpu_candidates(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
-                   normalize: NormalizeConfig, buckets: Sequence[Shape]) -> list[Candidate]:
+                   normalize: NormalizeConfig, postprocess: PostprocessConfig,
+                   buckets: Sequence[Shape]) -> list[Candidate]:
     from .engines.onnx_engine import OnnxEngine
     from .engines.openvino_engine import OpenVINOEngine, has_bf16, openvino_readable
 
     out: list[Candidate] = []
     readable = openvino_readable(model.path) is not None
     for method in settings.int8_methods:
-        if method == "nncf" and not readable or method == "ort_qdq" and model.format != "onnx":
+        openvino = method in OPENVINO_METHODS
+        if openvino and not readable or method == "ort_qdq" and model.format != "onnx":
             continue
 
-        def build(method=method) -> tuple[Engine, dict]:
-            spec = calibration_spec(method, settings, resize, normalize)
+        def build(method=method, openvino=openvino) -> tuple[Engine, dict]:
+            spec = calibration_spec(method, settings, resize, normalize, postprocess)
             quantized = quantize_cached(model.path, spec, settings.quantized_cache)
-            engine = (OpenVINOEngine(quantized.path, settings, "int8") if method == "nncf"
+            engine = (OpenVINOEngine(quantized.path, settings, "int8") if openvino
                       else OnnxEngine(quantized.path, settings))
             details = {"method": method, "calibration_images": spec.images, "cache_hit": quantized.cache_hit,
                        "seconds": round(quantized.seconds, 2), "key": quantized.key, "path": str(quantized.path)}
             return _loaded(engine, buckets, settings.max_batch_size), {"quantization": details}
 
-        out.append(Candidate("int8", f"{'openvino' if method == 'nncf' else 'onnxruntime'}-int8-{method}", build))
+        bound = "openvino-int8-nncf" if method == "nncf_ac" and "nncf" in settings.int8_methods else None
+        out.append(Candidate("int8", f"{'openvino' if openvino else 'onnxruntime'}-int8-{method}", build, bound))
     if readable and has_bf16():
         out.append(Candidate("bf16", "openvino-bf16", lambda: (
             _loaded(OpenVINOEngine(model.path, settings, "bf16"), buckets, settings.max_batch_size), {})))
@@ -89,13 +93,14 @@ def gpu_candidates(model: ResolvedModel, settings: DetectionSettings, buckets: S
 
 
 def candidates_for(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
-                   normalize: NormalizeConfig, buckets: Sequence[Shape]) -> list[Candidate]:
+                   normalize: NormalizeConfig, postprocess: PostprocessConfig,
+                   buckets: Sequence[Shape]) -> list[Candidate]:
     """The reduced-precision candidates the guard tries for these settings on this device (none for fp32)."""
     if settings.precision == "fp32":
         return []
     if settings.device == "gpu":
         return gpu_candidates(model, settings, buckets)
-    return cpu_candidates(model, settings, resize, normalize, buckets)
+    return cpu_candidates(model, settings, resize, normalize, postprocess, buckets)
 
 
 def guarded_engine(model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
@@ -104,7 +109,7 @@ def guarded_engine(model: ResolvedModel, settings: DetectionSettings, resize: Re
     """The fp32 engine, loaded, and (unless precision=fp32) every candidate tried through the guard."""
     reference = _loaded(create_engine(model, fp32_settings(settings)), buckets, settings.max_batch_size)
     label = engine_label(reference, "fp32")
-    candidates = candidates_for(model, settings, resize, normalize, buckets)
+    candidates = candidates_for(model, settings, resize, normalize, postprocess, buckets)
     pad_to = None
     if settings.bucket_mode == "padded":
         def pad_to(h: int, w: int) -> tuple[int, int]:

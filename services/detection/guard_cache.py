@@ -83,8 +83,8 @@ def key_parts(model: ResolvedModel, settings: DetectionSettings, resize: ResizeC
               normalize: NormalizeConfig, postprocess: PostprocessConfig,
               buckets: Sequence[Shape]) -> dict[str, Any]:
     """Everything the guard's verdict depends on (JSON-ready)."""
-    candidates = candidates_for(model, settings, resize, normalize, buckets)
-    quantized = {m: cache_key(model.path, calibration_spec(m, settings, resize, normalize))
+    candidates = candidates_for(model, settings, resize, normalize, postprocess, buckets)
+    quantized = {m: cache_key(model.path, calibration_spec(m, settings, resize, normalize, postprocess))
                  for m in settings.int8_methods}
     return {
         "model": {"name": model.name, "format": model.format, "sha256": model_digest(model.path)},

@@ -51,13 +51,13 @@ def _guard_child(model: ResolvedModel, settings: DetectionSettings, resize: Resi
 
 
 def build_chosen(choice: Choice, model: ResolvedModel, settings: DetectionSettings, resize: ResizeConfig,
-                 normalize: NormalizeConfig, buckets: Sequence[Shape]) -> Engine:
+                 normalize: NormalizeConfig, postprocess: PostprocessConfig, buckets: Sequence[Shape]) -> Engine:
     """The engine ``choice`` names, loaded: the fp32 reference or the candidate with that label."""
     reference = create_engine(model, fp32_settings(settings))
     if choice.label == engine_label(reference, "fp32"):
         reference.load(buckets, settings.max_batch_size)
         return reference
-    for candidate in candidates_for(model, settings, resize, normalize, buckets):
+    for candidate in candidates_for(model, settings, resize, normalize, postprocess, buckets):
         if candidate.label == choice.label:
             return candidate.build()[0]
     raise RuntimeError(f"the guard chose {choice.label}, which this process cannot build")
@@ -81,7 +81,7 @@ def _cached_selection(model: ResolvedModel, settings: DetectionSettings, resize:
         return None, path, parts
     try:
         choice = Choice(verdict.precision, verdict.label, verdict.trials, verdict.reason, verdict.seconds)
-        engine = build_chosen(choice, model, settings, resize, normalize, buckets)
+        engine = build_chosen(choice, model, settings, resize, normalize, postprocess, buckets)
     except Exception as exc:  # noqa: BLE001
         log.warning("precision guard: the cached verdict's engine did not build (%s: %s); running the guard",
                     type(exc).__name__, exc, exc_info=True)
@@ -114,7 +114,7 @@ def isolated_guarded_engine(model: ResolvedModel, settings: DetectionSettings, r
                                                logging.getLogger().getEffectiveLevel()))
         measured_at = guard_cache.now()
         log.info("precision guard (in %.1f s, in a child process): %s", choice.seconds, choice.reason)
-        engine = build_chosen(choice, model, settings, resize, normalize, buckets)
+        engine = build_chosen(choice, model, settings, resize, normalize, postprocess, buckets)
     except Exception as exc:  # noqa: BLE001 - never fatal: fp32, and say why
         reason = f"the guard could not run in its process ({type(exc).__name__}: {exc}); serving fp32"
         log.warning("precision guard: %s", reason)

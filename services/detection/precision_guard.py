@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,10 @@ class Candidate:
     precision: str
     label: str
     build: Callable[[], tuple[Engine, dict]]
+    # the label of a cheaper-to-build candidate that is at least as fast as this one (e.g. plain NNCF int8 for its
+    # accuracy-controlled build, which puts some layers back in float): under `auto` this one is built last, and
+    # not at all when that one passed, or ran no faster than what already passed
+    bounded_by: str | None = None
 
 
 @dataclass
@@ -113,11 +118,16 @@ class Validator:
         return ValidationRun(boxes, score.hmean, self.images_per_s(engine))
 
     def images_per_s(self, engine: Engine) -> float:
-        """Batch-1 throughput over the first ``timing_images`` images (already seen once: shapes compiled)."""
+        """Batch-1 throughput over the first ``timing_images`` images (already seen once: shapes compiled), with
+        as many calls side by side as the engine serves with (``engine.parallel``)."""
         timed = self.tensors[: self.timing_images]
         started = time.perf_counter()
-        for tensor in timed:
-            self._map(engine, tensor)
+        if engine.parallel > 1:
+            with ThreadPoolExecutor(engine.parallel) as pool:
+                list(pool.map(lambda t: self._map(engine, t), timed))
+        else:
+            for tensor in timed:
+                self._map(engine, tensor)
         return len(timed) / max(time.perf_counter() - started, 1e-9)
 
     def race(self, candidate: Engine, reference: Engine, rounds: int = 3) -> tuple[float, float]:
@@ -179,7 +189,8 @@ def select_precision(requested: str, reference: Engine, reference_label: str, ca
     trials = [Trial(precision="fp32", engine=reference_label, accepted=True, reason="the reference",
                     hmean=_rounded(ref_run.hmean), match_rate=1.0, images_per_s=_rounded(ref_run.images_per_s))]
     wanted = CHAIN if requested == "auto" else CHAIN[CHAIN.index(requested):]
-    ordered = sorted((c for c in candidates if c.precision in wanted), key=lambda c: wanted.index(c.precision))
+    ordered = sorted((c for c in candidates if c.precision in wanted), key=lambda c: (
+        requested == "auto" and c.bounded_by is not None, wanted.index(c.precision)))
     if requested not in ("auto", "fp32") and not any(c.precision == requested for c in ordered):
         trials.append(Trial(precision=requested, engine="-", accepted=False,
                             reason=f"no {requested} engine for this model on this device"))
@@ -188,6 +199,10 @@ def select_precision(requested: str, reference: Engine, reference_label: str, ca
     for candidate in ordered:
         if best is not None and requested != "auto":
             break
+        if requested == "auto" and (skip := _cannot_pay_off(candidate, trials, ref_best)):
+            trials.append(Trial(precision=candidate.precision, engine=candidate.label, accepted=False, reason=skip))
+            log.info("precision guard: %s (%s) not built: %s", candidate.label, candidate.precision, skip)
+            continue
         engine = None
         try:
             engine, details = candidate.build()
@@ -229,6 +244,21 @@ def select_precision(requested: str, reference: Engine, reference_label: str, ca
     reason = _summary(requested, chosen, trials)
     (log.warning if requested not in ("auto", chosen[0]) else log.info)("precision guard: %s", reason)
     return Selection(engine, chosen[0], chosen[1], trials, reason, time.perf_counter() - started)
+
+
+def _cannot_pay_off(candidate: Candidate, trials: Sequence[Trial], ref_best: float) -> str | None:
+    """Why building ``candidate`` cannot win under `auto` (its bound already passed, or ran no faster than the
+    fastest engine that passed), or None."""
+    bound = next((t for t in trials if t.engine == candidate.bounded_by and t.images_per_s is not None), None)
+    if bound is None:
+        return None
+    if bound.accepted:
+        return f"not built: {bound.engine}, at least as fast, passed"
+    fastest = max([ref_best, *(t.images_per_s or 0.0 for t in trials[1:] if t.accepted)])
+    if bound.images_per_s <= fastest:
+        return (f"not built: it runs no faster than {bound.engine} ({bound.images_per_s:.2f} images/s), which is "
+                f"no faster than the fastest that passed ({fastest:.2f} images/s)")
+    return None
 
 
 def _summary(requested: str, chosen: tuple[str, str], trials: Sequence[Trial]) -> str:

@@ -62,10 +62,15 @@ def resize_for_det(image: np.ndarray, cfg: ResizeConfig) -> np.ndarray:
 
 def normalize(image: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
     """HWC uint8 BGR -> CHW float32, ``(x * scale - mean) / std`` per channel, in PaddleOCR's order."""
-    mean = np.asarray(cfg.mean, dtype=np.float32).reshape(1, 1, 3)
-    std = np.asarray(cfg.std, dtype=np.float32).reshape(1, 1, 3)
-    out = (image.astype(np.float32) * np.float32(cfg.scale) - mean) / std
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    # channel by channel into the one output array: the same float32 operations in the same order as
+    # ``(x.astype(f32) * scale - mean) / std``, so the same values, without four image-sized temporaries
+    out = np.empty((3, *image.shape[:2]), dtype=np.float32)
+    scale = np.float32(cfg.scale)
+    for c in range(3):
+        np.multiply(image[:, :, c], scale, out=out[c], dtype=np.float32)
+        out[c] -= np.float32(cfg.mean[c])
+        out[c] /= np.float32(cfg.std[c])
+    return out
 
 
 def preprocess(image: np.ndarray, resize: ResizeConfig, norm: NormalizeConfig) -> np.ndarray:

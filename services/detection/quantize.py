@@ -1,7 +1,8 @@
 """Post-training INT8 quantization on the rendered calibration set, cached on disk.
 
-Two methods: NNCF (OpenVINO IR, served by the openvino engine) and ONNX Runtime static QDQ (an .onnx file,
-served by onnxruntime). Calibration images are preprocessed exactly as serving does. A quantized model is built
+Three methods: NNCF with accuracy control (``nncf_ac``, the default: the layers that cost the guard's score on
+held-out calibration renders go back to float, see ``accuracy_control``), plain NNCF PTQ (``nncf``; both give
+OpenVINO IR, served by the openvino engine) and ONNX Runtime static QDQ (an .onnx file, served by onnxruntime). Calibration images are preprocessed exactly as serving does. A quantized model is built
 once and cached under ``cache_dir/<key>/``, the key hashing the model file(s), the method and the calibration
 settings; a later start finds it there and skips the work.
 """
@@ -18,13 +19,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from .accuracy_control import AccuracyControl
+from .postprocess import PostprocessConfig
 from .preprocess import NormalizeConfig, ResizeConfig
 from .textset import SET_VERSION, calibration_batches
 
 log = logging.getLogger(__name__)
 
-Method = Literal["nncf", "ort_qdq"]
-OUTPUT = {"nncf": "model.xml", "ort_qdq": "model.onnx"}
+Method = Literal["nncf_ac", "nncf", "ort_qdq"]
+OUTPUT = {"nncf_ac": "model.xml", "nncf": "model.xml", "ort_qdq": "model.onnx"}
+OPENVINO_METHODS = ("nncf_ac", "nncf")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class CalibrationSpec:
     resize: ResizeConfig = ResizeConfig()
     normalize: NormalizeConfig = NormalizeConfig()
     set_version: int = SET_VERSION
+    postprocess: PostprocessConfig = PostprocessConfig()  # nncf_ac scores boxes, as served
+    accuracy: AccuracyControl = AccuracyControl()  # nncf_ac only
 
 
 @dataclass(frozen=True)
@@ -75,14 +81,19 @@ def _nncf(model_path: Path, out: Path, spec: CalibrationSpec) -> None:
     import nncf
     import openvino as ov
 
+    from .accuracy_control import quantize_with_guard_metric
     from .engines.openvino_engine import read_model
 
     model = read_model(model_path)
     head = head_nodes([(op.get_friendly_name(), op.get_type_name()) for op in model.get_ordered_ops()])
     data = list(calibration_batches(spec.resize, spec.normalize, spec.images, spec.max_side))
-    quantized = nncf.quantize(model, nncf.Dataset(data), subset_size=len(data),
-                              preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True,
-                              ignored_scope=nncf.IgnoredScope(names=head, validate=False))
+    options = dict(subset_size=len(data), preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True,
+                   ignored_scope=nncf.IgnoredScope(names=head, validate=False))
+    if spec.method == "nncf_ac":
+        quantized = quantize_with_guard_metric(model, data, spec.accuracy, spec.images, spec.max_side, spec.resize,
+                                               spec.normalize, spec.postprocess, **options)
+    else:
+        quantized = nncf.quantize(model, nncf.Dataset(data), **options)
     ov.save_model(quantized, str(out), compress_to_fp16=False)
 
 
@@ -114,7 +125,7 @@ def _ort_qdq(model_path: Path, out: Path, spec: CalibrationSpec) -> None:
     prepared.unlink()
 
 
-QUANTIZERS = {"nncf": _nncf, "ort_qdq": _ort_qdq}
+QUANTIZERS = {"nncf_ac": _nncf, "nncf": _nncf, "ort_qdq": _ort_qdq}
 
 
 def quantize_cached(model_path: Path, spec: CalibrationSpec, cache_dir: Path) -> Quantized:

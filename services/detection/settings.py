@@ -50,6 +50,13 @@ class DetectionSettings(BaseSettings):
     # per image shape). OpenVINO's default, 5000, lets RSS grow ~5.5 MB with every new shape; 0 keeps none and
     # recompiles per call. Measured in services/detection/README.md (bench/detect_memory.py).
     openvino_cache_capacity: int = Field(60, ge=0)
+    # OpenVINO CPU streams (each with threads / streams threads, one engine worker each). 1: one stream on every
+    # thread. 2 ran 1.3x the images/s of bf16 det on 2 busy cores with requests side by side, but the load test's
+    # detection process then peaked at 1.1 GB RSS (per-stream memory), against 600 MB allowed: opt in
+    openvino_streams: int = Field(1, ge=1, le=16)
+    # under steady load the heap is trimmed at most this often (0: only once idle): a busy process otherwise keeps
+    # every freed activation and image buffer, ~+100-190 MB over varied shapes (services/detection/README.md)
+    heap_trim_every_s: float = Field(0.5, ge=0)
     ort_spin: bool = False  # let onnxruntime's idle threads spin (faster alone, slower beside the CPU pool)
     use_tensorrt: bool = False
     trt_precision: Literal["fp32", "fp16", "int8"] = "fp16"
@@ -64,7 +71,10 @@ class DetectionSettings(BaseSettings):
     # auto: the fastest precision that passes the guard; fp32: exact (no guard, boxes as PaddleOCR's);
     # bf16 / fp16 / int8: that one if it passes, else the next down the chain int8 -> fp16 -> bf16 -> fp32
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
-    int8_methods: list[Literal["nncf", "ort_qdq"]] = ["nncf", "ort_qdq"]  # int8 builds to try (CPU)
+    # int8 builds to try (CPU); nncf_ac: NNCF with accuracy control (reverts the costly layers to float)
+    # plain NNCF first (seconds): the accuracy-controlled build (minutes, once, cached) only when plain int8 failed
+    # the guard and ran faster than everything that passed (bf16 usually wins where the CPU has it)
+    int8_methods: list[Literal["nncf_ac", "nncf", "ort_qdq"]] = ["nncf", "nncf_ac", "ort_qdq"]
     calibration_images: int = Field(32, ge=1, le=512)  # rendered calibration images for int8 quantization
     guard_images: int = Field(32, ge=1, le=512)  # rendered validation images the guard runs
     guard_real_images: bool = True  # also scikit-image's page() and text() photographs

@@ -46,6 +46,12 @@ def calibration_set(count: int = 32, max_side: int = 960) -> list[TextSample]:
     return rendered_set("calibration", count, max_side)
 
 
+def accuracy_control_set(first: int, count: int, max_side: int = 960) -> list[TextSample]:
+    """Calibration-split images ``first`` .. ``first + count - 1``: held out from the calibration images before
+    them, for accuracy-aware quantization to score against (still never a validation image)."""
+    return [rendered("calibration", i, max_side) for i in range(first, first + count)]
+
+
 def validation_set(count: int = 32, max_side: int = 960, real_extras: bool = True) -> list[TextSample]:
     """``count`` rendered images, then (``real_extras``) scikit-image's photographs of text."""
     samples = rendered_set("validation", count, max_side)

@@ -263,3 +263,22 @@ def test_on_idle_runs_once_per_quiet_spell():
         await b.stop()
 
     run(main())
+
+
+def test_on_busy_runs_under_steady_load_at_most_every_interval():
+    engine = MeanEngine(delay_s=0.02)
+    busy: list[float] = []
+
+    async def main():
+        b = DynamicBatcher(engine, bucket_sides=[32], warmup=False, on_busy=lambda: busy.append(time.monotonic()),
+                           busy_every_s=0.1)
+        await b.start()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.55:  # batches back to back: never idle
+            await b.infer(tensor(32, 32), 5)
+        await b.stop()
+
+    run(main())
+    assert len(engine.calls) >= 10
+    assert 3 <= len(busy) <= 7, busy  # not after every batch, and not only once idle
+    assert all(b - a >= 0.099 for a, b in zip(busy, busy[1:]))

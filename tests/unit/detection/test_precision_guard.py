@@ -3,6 +3,8 @@ stand for reduced-precision engines: one whose output keeps only fp16 resolution
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -23,8 +25,10 @@ LIMITS = GuardLimits()
 class Wrapped(Engine):
     """A stand-in reduced engine: the fp32 engine's maps, rounded to fp16 or shifted and noised."""
 
-    def __init__(self, inner: Engine, name: str, shift_px: int = 0, noise: float = 0.0, fp16: bool = False) -> None:
+    def __init__(self, inner: Engine, name: str, shift_px: int = 0, noise: float = 0.0, fp16: bool = False,
+                 delay_s: float = 0.0) -> None:
         self.inner, self.name, self.shift_px, self.noise, self.fp16 = inner, name, shift_px, noise, fp16
+        self.delay_s = delay_s
         self.closed = False
 
     def load(self, buckets, max_batch_size) -> None:
@@ -32,6 +36,7 @@ class Wrapped(Engine):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         maps = self.inner.infer(batch)
+        time.sleep(self.delay_s)
         if self.fp16:
             maps = maps.astype(np.float16).astype(np.float32)
         if self.shift_px:
@@ -125,6 +130,42 @@ def test_auto_serves_the_fastest_that_passed(inner, reference, validator):
     passed = {t.precision: t.images_per_s for t in chosen.trials if t.accepted}
     assert set(passed) == {"fp32", "bf16"}
     assert chosen.precision == max(passed, key=passed.get)
+
+
+def never_built():
+    raise AssertionError("a candidate that cannot pay off was built")
+
+
+def test_auto_skips_a_bounded_build_that_cannot_pay_off(inner, reference, validator):
+    # plain int8 fails the guard and runs slower than fp32: its accuracy-controlled build cannot be faster
+    slow_bad = Wrapped(inner, "plain-int8", shift_px=6, noise=0.05, delay_s=0.05)
+    chosen = select_precision("auto", reference, "onnxruntime-fp32",
+                              [Candidate("int8", "controlled", never_built, bounded_by="plain-int8"),
+                               candidate(slow_bad, "int8")], lambda: validator, LIMITS)
+    assert chosen.precision == "fp32"
+    assert [t.engine for t in chosen.trials] == ["onnxruntime-fp32", "plain-int8", "controlled"]  # bounded last
+    assert not chosen.trials[2].accepted and "runs no faster than plain-int8" in chosen.trials[2].reason
+
+
+def test_auto_skips_a_bounded_build_when_its_bound_passed(inner, validator):
+    reference = OnnxEngine(V5_MOBILE_ONNX, SETTINGS)
+    reference.load([], 1)
+    good = Wrapped(inner, "plain-int8", fp16=True)
+    chosen = select_precision("auto", reference, "onnxruntime-fp32",
+                              [Candidate("int8", "controlled", never_built, bounded_by="plain-int8"),
+                               candidate(good, "int8")], lambda: validator, LIMITS)
+    assert "plain-int8, at least as fast, passed" in chosen.trials[-1].reason
+
+
+def test_a_bounded_build_runs_when_its_bound_failed_but_was_faster(inner, reference, validator):
+    plain = Wrapped(inner, "plain-int8", shift_px=6, noise=0.05)  # as fast as fp32, so maybe faster
+    controlled = Wrapped(inner, "controlled", fp16=True)
+    trials = select_precision("int8", reference, "onnxruntime-fp32",  # a requested precision: never skipped
+                              [candidate(plain, "int8"), Candidate("int8", "controlled",
+                                                                     lambda: (controlled, {}), "plain-int8")],
+                              lambda: validator, LIMITS).trials
+    assert [(t.engine, t.accepted) for t in trials] == [("onnxruntime-fp32", True), ("plain-int8", False),
+                                                        ("controlled", True)]
 
 
 def test_a_failed_build_is_reported_and_never_fatal(reference, validator):

@@ -39,6 +39,15 @@ def test_normalize_is_imagenet_bgr_chw():
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+def test_normalize_gives_the_whole_array_formulas_float32_values_exactly():
+    image = np.random.default_rng(1).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    cfg = NormalizeConfig()
+    mean, std = np.float32(cfg.mean).reshape(1, 1, 3), np.float32(cfg.std).reshape(1, 1, 3)
+    expected = ((image.astype(np.float32) * np.float32(cfg.scale) - mean) / std).transpose(2, 0, 1)
+    out = normalize(image, cfg)
+    assert out.flags["C_CONTIGUOUS"] and np.array_equal(out, expected)  # bit for bit: fp32 stays exact
+
+
 def test_mean_colour_normalises_to_zero_the_batch_padding_value():
     mean_pixel = np.round(np.array(NormalizeConfig().mean) * 255).astype(np.uint8).reshape(1, 1, 3)
     assert np.abs(normalize(mean_pixel, NormalizeConfig())).max() < 0.01

@@ -80,6 +80,23 @@ def test_the_offline_default_on_openvino_gives_paddles_boxes():
     assert boxes >= 6
 
 
+def test_openvino_streams_run_side_by_side_with_the_same_maps():
+    """Two CPU streams: two requests at once, each on half the threads, maps as one stream's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = OpenVINOEngine(V5_MOBILE_ONNX, DetectionSettings(_env_file=None, cpu_threads=2, openvino_streams=1))
+    two = OpenVINOEngine(V5_MOBILE_ONNX, DetectionSettings(_env_file=None, cpu_threads=2, openvino_streams=2))
+    one.load([], 1)
+    two.load([], 1)
+    assert (one.parallel, two.parallel) == (1, 2) and two.describe()["streams"] == 2
+    assert two.compiled.get_property("NUM_STREAMS") == 2
+    tensors = [preprocess(s.image, RESIZE, NORM)[None] for s in validation_set(4, 480, False)]
+    with ThreadPoolExecutor(2) as pool:
+        side_by_side = list(pool.map(lambda t: two.infer(t)[0], tensors))
+    for tensor, got in zip(tensors, side_by_side):
+        np.testing.assert_allclose(got, one.infer(tensor)[0], atol=1e-4)
+
+
 @pytest.mark.skipif(not has_bf16(), reason="this CPU has no bf16")
 def test_openvino_bf16_runs_in_bf16():
     engine = OpenVINOEngine(V5_MOBILE_ONNX, DetectionSettings(_env_file=None, cpu_threads=2), "bf16")
@@ -130,3 +147,24 @@ def test_a_quantization_failure_is_never_fatal(tmp_path):
     assert int8.precision == "int8" and not int8.accepted and int8.reason.startswith("failed: ")
     assert chosen.precision in ("bf16", "fp32") and "instead of the requested int8" in chosen.reason
     assert np.ptp(chosen.engine.infer(preprocess(validation_set(1, 480, False)[0].image, RESIZE, NORM)[None])) > 0.5
+
+
+def test_accuracy_control_reverts_costly_layers_to_float_and_keys_its_settings(tmp_path):
+    from services.detection.accuracy_control import AccuracyControl
+    import openvino as ov
+
+    control = AccuracyControl(images=3, max_drop=0.0, max_iterations=1, ranking_images=3)
+    spec = CalibrationSpec("nncf_ac", images=2, max_side=320, resize=RESIZE, normalize=NORM, accuracy=control)
+    assert cache_key(V5_MOBILE_ONNX, spec) != cache_key(V5_MOBILE_ONNX, replace(spec, method="nncf"))
+    assert cache_key(V5_MOBILE_ONNX, spec) != cache_key(V5_MOBILE_ONNX, replace(
+        spec, accuracy=replace(control, max_drop=0.01)))
+    assert cache_key(V5_MOBILE_ONNX, spec) != cache_key(V5_MOBILE_ONNX, replace(
+        spec, postprocess=PostprocessConfig(box_thresh=0.5)))
+
+    def fake_quantizers(path) -> int:
+        return sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(path)).get_ordered_ops())
+
+    controlled = quantize_cached(V5_MOBILE_ONNX, spec, tmp_path).path
+    plain = quantize_cached(V5_MOBILE_ONNX, replace(spec, method="nncf"), tmp_path).path
+    assert controlled.parent.name.startswith("nncf_ac-") and controlled.suffix == ".xml"
+    assert 0 < fake_quantizers(controlled) < fake_quantizers(plain)  # still int8, some layers back in float

@@ -24,10 +24,12 @@ def test_streams_share_one_reader_and_resume_exactly(redis_server, key_prefix):
         jobs = AsyncRedisJobSystem.from_settings(settings)
         hub = JobEventHub(jobs, wait_ms=300)
         try:
+            # streams that arrive together (the first one's reader still starting) share it too
             followers = [asyncio.create_task(_collect(hub, job.id, after)) for after in
-                         ("0-0", before[0], before[-1], before[-1])]
+                         ("0-0", before[0], before[-1], before[-1], *["0-0"] * 40)]
             await asyncio.sleep(0.5)
-            assert len(hub._feeds) == 1  # four streams, one reader
+            readers = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "_Feed.run"]
+            assert len(readers) == 1 and len(hub._feeds) == 1  # 44 streams, one reader
             for step in (2, 3):
                 await asyncio.to_thread(store.report_progress, job.id, Progress(step=step, total=3))
             await asyncio.sleep(0.5)  # a quiet wait in between: keep-alives, then more events
@@ -43,6 +45,7 @@ def test_streams_share_one_reader_and_resume_exactly(redis_server, key_prefix):
     every = [e.id for e in store.events(job.id)]
     assert len(every) == 6
     assert got[0] == every and got[1] == every[1:] and got[2] == got[3] == every[3:]
+    assert all(g == every for g in got[4:])
 
 
 def test_a_stream_of_a_finished_job_gets_its_events_and_ends(redis_server, key_prefix):
