@@ -143,7 +143,7 @@ class DetectionService:
             engine, max_batch_size=s.max_batch_size, max_queue_delay_ms=s.max_queue_delay_ms,
             max_queue_images=s.max_queue_images, bucket_sides=s.bucket_sides,
             pad_to_buckets=s.bucket_mode == "padded", pow2_batches=s.pow2_batches,
-            max_batch_pixels=s.max_batch_pixels, engine_workers=s.engine_workers,
+            max_batch_pixels=s.max_batch_pixels, engine_workers=max(s.engine_workers, engine.parallel),
             warmup=s.warmup, on_batch=self.metrics.observe_batch, on_idle=trim_native_heap,
             on_busy=trim_native_heap if s.heap_trim_every_s else None, busy_every_s=s.heap_trim_every_s,
         )

@@ -50,6 +50,10 @@ class DetectionSettings(BaseSettings):
     # per image shape). OpenVINO's default, 5000, lets RSS grow ~5.5 MB with every new shape; 0 keeps none and
     # recompiles per call. Measured in services/detection/README.md (bench/detect_memory.py).
     openvino_cache_capacity: int = Field(60, ge=0)
+    # OpenVINO CPU streams (each with threads / streams threads, one engine worker each). 1: one stream on every
+    # thread. 2 ran 1.3x the images/s of bf16 det on 2 busy cores with requests side by side, but the load test's
+    # detection process then peaked at 1.1 GB RSS (per-stream memory), against 600 MB allowed: opt in
+    openvino_streams: int = Field(1, ge=1, le=16)
     # under steady load the heap is trimmed at most this often (0: only once idle): a busy process otherwise keeps
     # every freed activation and image buffer, ~+100-190 MB over varied shapes (services/detection/README.md)
     heap_trim_every_s: float = Field(0.5, ge=0)

@@ -14,6 +14,9 @@ class Engine(ABC):
     """Runs a DB det network. ``infer`` may be called from several threads at once."""
 
     name: str = "engine"
+    # infer calls that run best side by side (the batcher's engine workers at least this many): OpenVINO's CPU
+    # streams; 1 for engines whose one call already uses every thread
+    parallel: int = 1
 
     @abstractmethod
     def load(self, buckets: Sequence[Shape], max_batch_size: int) -> None:

@@ -80,6 +80,23 @@ def test_the_offline_default_on_openvino_gives_paddles_boxes():
     assert boxes >= 6
 
 
+def test_openvino_streams_run_side_by_side_with_the_same_maps():
+    """Two CPU streams: two requests at once, each on half the threads, maps as one stream's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = OpenVINOEngine(V5_MOBILE_ONNX, DetectionSettings(_env_file=None, cpu_threads=2, openvino_streams=1))
+    two = OpenVINOEngine(V5_MOBILE_ONNX, DetectionSettings(_env_file=None, cpu_threads=2, openvino_streams=2))
+    one.load([], 1)
+    two.load([], 1)
+    assert (one.parallel, two.parallel) == (1, 2) and two.describe()["streams"] == 2
+    assert two.compiled.get_property("NUM_STREAMS") == 2
+    tensors = [preprocess(s.image, RESIZE, NORM)[None] for s in validation_set(4, 480, False)]
+    with ThreadPoolExecutor(2) as pool:
+        side_by_side = list(pool.map(lambda t: two.infer(t)[0], tensors))
+    for tensor, got in zip(tensors, side_by_side):
+        np.testing.assert_allclose(got, one.infer(tensor)[0], atol=1e-4)
+
+
 @pytest.mark.skipif(not has_bf16(), reason="this CPU has no bf16")
 def test_openvino_bf16_runs_in_bf16():
     engine = OpenVINOEngine(V5_MOBILE_ONNX, DetectionSettings(_env_file=None, cpu_threads=2), "bf16")
