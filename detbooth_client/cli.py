@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from detbooth_client.client import TERMINAL, ApiError, DetBoothClient, Job
+from detbooth_client.client import ApiError, DetBoothClient
+from services.contracts.detect import ImageResult
 from services.contracts.finetune import TrainingMetrics
+from services.contracts.jobs import JobView
 
 DEFAULT_CLASS_IMAGES = 50  # the worker's own default (100) makes a first fine-tune wait long
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -101,7 +103,7 @@ def progress_metrics(data: dict[str, Any]) -> TrainingMetrics:
     return TrainingMetrics.model_validate(data.get("metrics") or {})
 
 
-def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> Job:
+def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> JobView:
     """Follow a job's events to its end (progress on the bar), then return the finished job."""
     for event in client.events(job_id):
         if event.event == "progress" and bar is not None:
@@ -121,21 +123,16 @@ def follow(client: DetBoothClient, job_id: str, bar: ProgressBar | None) -> Job:
     if bar is not None:
         bar.close()
     job = client.job(job_id)
-    if job["status"] not in TERMINAL:  # the stream ended early (e.g. the job expired): poll instead
+    if not job.status.terminal:  # the stream ended early (e.g. the job expired): poll instead
         job = client.wait(job_id)
     return job
 
 
-def ensure_succeeded(job: Job) -> Job:
-    if job["status"] == "succeeded":
+def ensure_succeeded(job: JobView) -> JobView:
+    if job.status == "succeeded":
         return job
-    err = job.get("error") or {}
-    reason = f"{err.get('code')}: {err.get('message')}" if err else "no error recorded"
-    raise CliError(
-        f"job {job['id']} {job['status']}: {reason}"
-        if job["status"] == "failed"
-        else f"job {job['id']} {job['status']}"
-    )
+    reason = f"{job.error.code}: {job.error.message}" if job.error else "no error recorded"
+    raise CliError(f"job {job.id} {job.status}: {reason}" if job.status == "failed" else f"job {job.id} {job.status}")
 
 
 # ---------------------------------------------------------------- commands
@@ -161,37 +158,37 @@ def cmd_detect(client: DetBoothClient, args: argparse.Namespace) -> int:
     }
     body = client.detect(paths, **params)
     if args.draw:
-        for path in draw_boxes(paths, body["results"], Path(args.draw)):
+        for path in draw_boxes(paths, body.results, Path(args.draw)):
             print(f"drew {path}", file=sys.stderr)
     if args.json:
-        json.dump(body, sys.stdout, indent=2)
+        json.dump(body.model_dump(mode="json"), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    print(f"model: {body['model']}")
-    for res in body["results"]:
-        print(f"{result_name(paths, res)}: {res['width']}x{res['height']}, {len(res['boxes'])} boxes")
-        for box in res["boxes"]:
-            pts = " ".join(f"{x:.0f},{y:.0f}" for x, y in box["points"])
-            print(f"  {box['score']:.3f}  {pts}")
+    print(f"model: {body.model}")
+    for res in body.results:
+        print(f"{result_name(paths, res)}: {res.width}x{res.height}, {len(res.boxes)} boxes")
+        for box in res.boxes:
+            pts = " ".join(f"{x:.0f},{y:.0f}" for x, y in box.points)
+            print(f"  {box.score:.3f}  {pts}")
     return 0
 
 
-def result_name(paths: Sequence[Path], res: dict) -> str:
+def result_name(paths: Sequence[Path], res: ImageResult) -> str:
     """`doc.pdf page 2` for a page of a document, the path for an image."""
-    path = paths[res.get("source", 0)]
-    return f"{path} page {res['page']}" if res.get("page") is not None else str(path)
+    path = paths[res.source]
+    return f"{path} page {res.page}" if res.page is not None else str(path)
 
 
-def _page_image(paths: Sequence[Path], res: dict):
+def _page_image(paths: Sequence[Path], res: ImageResult):
     """The image a result's boxes belong on: the page's preview from the gateway, or the file itself with its
     EXIF orientation applied, as the API does, so the boxes land on the text."""
     from PIL import Image, ImageOps
 
-    if res.get("preview"):
-        data = base64.b64decode(res["preview"].split(",", 1)[1])
+    if res.preview:
+        data = base64.b64decode(res.preview.split(",", 1)[1])
         with Image.open(io.BytesIO(data)) as page:
             return page.convert("RGB")
-    with Image.open(paths[res.get("source", 0)]) as src:
+    with Image.open(paths[res.source]) as src:
         return ImageOps.exif_transpose(src).convert("RGB")
 
 
@@ -206,7 +203,7 @@ def draw_target(count: int, out: Path) -> bool:
     return is_file
 
 
-def draw_boxes(paths: Sequence[Path], results: Sequence[dict], out: Path) -> list[Path]:
+def draw_boxes(paths: Sequence[Path], results: Sequence[ImageResult], out: Path) -> list[Path]:
     """Each image (each page of a PDF or TIFF) with its boxes drawn; `out` is a file for one input (by its
     suffix; a document's pages get numbered files beside it: OUT.p2.png), else a folder."""
     from PIL import ImageDraw
@@ -217,16 +214,16 @@ def draw_boxes(paths: Sequence[Path], results: Sequence[dict], out: Path) -> lis
     written = []
     for res in results:
         img = _page_image(paths, res)
-        scale = img.width / res["width"] if res.get("width") else 1.0  # a preview may be smaller than the page
+        scale = img.width / res.width if res.width else 1.0  # a preview may be smaller than the page
         draw = ImageDraw.Draw(img)
         line = max(2, round(max(img.size) / 400))
-        for box in res["boxes"]:
-            pts = [(x * scale, y * scale) for x, y in box["points"]]
+        for box in res.boxes:
+            pts = [(x * scale, y * scale) for x, y in box.points]
             draw.line(pts + [pts[0]], fill=(0, 200, 80), width=line)
             x, y = min(p[0] for p in pts), min(p[1] for p in pts)
-            draw.text((x + 2, max(0, y - 12)), f"{box['score']:.2f}", fill=(255, 40, 40))
-        stem = paths[res.get("source", 0)].stem
-        page = f".p{res['page']}" if res.get("page") is not None else ""
+            draw.text((x + 2, max(0, y - 12)), f"{box.score:.2f}", fill=(255, 40, 40))
+        stem = paths[res.source].stem
+        page = f".p{res.page}" if res.page is not None else ""
         if single:
             dest = out if len(results) == 1 else out.with_name(f"{out.stem}{page}{out.suffix}")
         else:
@@ -278,13 +275,13 @@ def cmd_finetune(client: DetBoothClient, args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             config[key] = value
     job = client.finetune(images, config, idempotency_key=args.idempotency_key)
-    print(f"job {job['id']} {job['status']} ({len(images)} images)", file=sys.stderr)
+    print(f"job {job.id} {job.status} ({len(images)} images)", file=sys.stderr)
     if not args.watch:
-        print(job["id"])
+        print(job.id)
         return 0
-    job = ensure_succeeded(follow(client, job["id"], ProgressBar(sys.stderr)))
-    print(json.dumps(job.get("result"), indent=2))
-    print(f"model id: {job['id']}  (use: detbooth generate PROMPT --model {job['id']})", file=sys.stderr)
+    job = ensure_succeeded(follow(client, job.id, ProgressBar(sys.stderr)))
+    print(json.dumps(job.result, indent=2))
+    print(f"model id: {job.id}  (use: detbooth generate PROMPT --model {job.id})", file=sys.stderr)
     return 0
 
 
@@ -307,39 +304,39 @@ def cmd_generate(client: DetBoothClient, args: argparse.Namespace) -> int:
         "num_images": args.num_images,
     }
     job = client.generate(args.prompt, **params)
-    print(f"job {job['id']} {job['status']}", file=sys.stderr)
-    job = ensure_succeeded(follow(client, job["id"], None))
+    print(f"job {job.id} {job.status}", file=sys.stderr)
+    job = ensure_succeeded(follow(client, job.id, None))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    result = job.get("result") or {}
+    result = job.result or {}
     for i, image in enumerate(result.get("images", [])):
-        dest = client.download(image["url"], out / f"{job['id']}-{i}.png")
+        dest = client.download(image["url"], out / f"{job.id}-{i}.png")
         print(f"{dest}\tseed {image.get('seed')}")
     if result.get("warning"):
         print(f"warning: {result['warning']}", file=sys.stderr)
     return 0
 
 
-def _job_line(job: Job) -> str:
-    p = job.get("progress") or {}
-    progress = f"{p.get('step', 0)}/{p['total']}" if p.get("total") else ""
-    phase = p.get("phase")
-    if job["status"] == "running" and phase and phase != "training" and (p.get("phases") or {}).get(phase):
-        now = p["phases"][phase]  # e.g. `class_images 37/100` while those are made
-        progress = f"{phase} {now.get('step', 0)}/{now.get('total', 0)}"
-    err = (job.get("error") or {}).get("code", "")
-    return "\t".join([job["id"], job["type"], job["status"], job["created_at"], progress, err]).rstrip()
+def _job_line(job: JobView) -> str:
+    p = job.progress
+    progress = f"{p.step}/{p.total}" if p.total else ""
+    if job.status == "running" and p.phase and p.phase != "training" and p.phase in p.phases:
+        now = p.phases[p.phase]  # e.g. `class_images 37/100` while those are made
+        progress = f"{p.phase} {now.step}/{now.total}"
+    err = job.error.code if job.error else ""
+    created = job.model_dump(mode="json", include={"created_at"})["created_at"]  # as the API wrote it
+    return "\t".join([job.id, job.type, job.status, created, progress, err]).rstrip()
 
 
 def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
     if args.action == "list":
-        jobs, cursor = client.jobs(limit=args.limit, type=args.type)
+        page = client.jobs(limit=args.limit, type=args.type)
         if args.json:
-            print(json.dumps({"jobs": jobs, "next_cursor": cursor}, indent=2))
+            print(json.dumps(page.model_dump(mode="json"), indent=2))
         else:
-            for job in jobs:
+            for job in page.jobs:
                 print(_job_line(job))
-            if cursor:
+            if page.next_cursor:
                 print(f"(more: --limit {args.limit * 2})", file=sys.stderr)
         return 0
     if not args.id:
@@ -350,11 +347,11 @@ def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
         return 0
     if args.action == "watch":
         job = ensure_succeeded(follow(client, args.id, ProgressBar(sys.stderr)))
-        print(json.dumps(job.get("result"), indent=2))
+        print(json.dumps(job.result, indent=2))
         return 0
     if args.action == "cancel":
         return cancel(client, args.id, as_json=args.json, wait=args.wait)
-    print(json.dumps(client.job(args.id), indent=2))
+    print(json.dumps(client.job(args.id).model_dump(mode="json"), indent=2))
     return 0
 
 
@@ -362,14 +359,14 @@ def cancel(client: DetBoothClient, job_id: str, *, as_json: bool, wait: bool) ->
     """A queued job is canceled at once; a running one is asked to stop at its next step: say so, then wait
     for (and print) how it ended."""
     job = client.cancel(job_id)
-    if job["status"] not in TERMINAL:
+    if not job.status.terminal:
         progress = _job_line(job).split("\t")[4:5]
         at = f" at {progress[0]}" if progress and progress[0] else ""
-        print(f"job {job_id}: cancel requested ({job['status']}{at}); "
+        print(f"job {job_id}: cancel requested ({job.status}{at}); "
               + ("waiting for it to stop" if wait else "it stops at its next step"), file=sys.stderr)
         if wait:
             job = client.wait(job_id)
-    print(json.dumps(job, indent=2) if as_json else _job_line(job))
+    print(json.dumps(job.model_dump(mode="json"), indent=2) if as_json else _job_line(job))
     return 0
 
 
@@ -380,12 +377,18 @@ def cmd_models(client: DetBoothClient, args: argparse.Namespace) -> int:
         client.delete_model(args.id)
         print(f"deleted model {args.id}")
         return 0
-    for m in client.models():
-        print("\t".join([m["id"], m["kind"], m.get("instance_prompt") or m.get("base_model") or ""]))
-    for m in client.detection_models():
-        state = m.get("precision") or "not loaded"
-        notes = [state, *(["default"] if m.get("default") else []), *([m["display_name"]] if m.get("fallback") else [])]
-        print("\t".join([m["id"], "detection", ", ".join(notes)]))
+    catalog = client.catalog()
+    for m in catalog.models:
+        print("\t".join([m.id, m.kind, m.instance_prompt or m.base_model or ""]))
+    for d in catalog.detection.models if catalog.detection else []:
+        notes = [d.precision or "not loaded", *(["default"] if d.default else []),
+                 *([d.display_name] if d.fallback else [])]
+        print("\t".join([d.id, "detection", ", ".join(notes)]))
+    return 0
+
+
+def cmd_whoami(client: DetBoothClient, args: argparse.Namespace) -> int:
+    print(json.dumps(client.whoami().model_dump(mode="json"), indent=2))
     return 0
 
 
@@ -502,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_models)
 
     w = sub.add_parser("whoami", help="your owner id, limits and storage use")
-    w.set_defaults(func=lambda client, args: print(json.dumps(client.whoami(), indent=2)) or 0)
+    w.set_defaults(func=cmd_whoami)
     return p
 
 

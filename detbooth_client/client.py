@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+from services.contracts.account import WhoAmI
+from services.contracts.catalog import ModelList, ModelView
+from services.contracts.detect import DetectionModel, DetectResponse
+from services.contracts.jobs import JobList, JobStatus, JobView
 
-
-# The API's JSON as plain dicts; their shapes are the contracts' models (services/contracts), not redefined here.
-DetectResponse = dict[str, Any]  # services.contracts.detect.DetectResponse
-Job = dict[str, Any]  # services.contracts.jobs.JobView
+TERMINAL = frozenset(s for s in JobStatus if s.terminal)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,8 @@ class DetBoothClient:
         `params`: thresh, box_thresh, unclip_ratio, limit_side_len, box_type, pages, dpi, previews, model."""
         files = [_image_part(item, i) for i, item in enumerate(images)]
         data = {k: str(v) for k, v in params.items() if v is not None}
-        return self._request("POST", "/detect", files=files, data=data).json()
+        r = self._request("POST", "/detect", files=files, data=data)
+        return DetectResponse.model_validate(r.json())
 
     # jobs
     def finetune(
@@ -121,16 +122,15 @@ class DetBoothClient:
         config: dict[str, Any],
         *,
         idempotency_key: str | None = None,
-    ) -> Job:
+    ) -> JobView:
         files = [_image_part(item, i) for i, item in enumerate(images)]
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        return self._request(
-            "POST", "/finetune", files=files, data={"config": json.dumps(config)}, headers=headers
-        ).json()
+        r = self._request("POST", "/finetune", files=files, data={"config": json.dumps(config)}, headers=headers)
+        return JobView.model_validate(r.json())
 
     def generate(
         self, prompt: str, *, wait_s: float | None = None, idempotency_key: str | None = None, **params: Any
-    ) -> Job:
+    ) -> JobView:
         """Queue a generation; with `wait_s` the gateway holds the answer until the job ends or time is up."""
         body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
         headers = {}
@@ -140,24 +140,23 @@ class DetBoothClient:
             headers["Idempotency-Key"] = idempotency_key
         timeout = None if wait_s is None else wait_s + 30
         kw = {"timeout": timeout} if timeout else {}
-        return self._request("POST", "/generate", json=body, headers=headers, **kw).json()
+        r = self._request("POST", "/generate", json=body, headers=headers, **kw)
+        return JobView.model_validate(r.json())
 
-    def job(self, job_id: str) -> Job:
-        return self._request("GET", f"/jobs/{job_id}").json()
+    def job(self, job_id: str) -> JobView:
+        return JobView.model_validate(self._request("GET", f"/jobs/{job_id}").json())
 
-    def jobs(
-        self, *, limit: int = 20, cursor: str | None = None, type: str | None = None
-    ) -> tuple[list[Job], str | None]:
+    def jobs(self, *, limit: int = 20, cursor: str | None = None, type: str | None = None) -> JobList:
+        """A page of your jobs, newest first; its `next_cursor` asks for the next page."""
         params = {
             "limit": limit,
             **({"cursor": cursor} if cursor else {}),
             **({"type": type} if type else {}),
         }
-        body = self._request("GET", "/jobs", params=params).json()
-        return body["jobs"], body.get("next_cursor")
+        return JobList.model_validate(self._request("GET", "/jobs", params=params).json())
 
-    def cancel(self, job_id: str) -> Job:
-        return self._request("POST", f"/jobs/{job_id}/cancel").json()
+    def cancel(self, job_id: str) -> JobView:
+        return JobView.model_validate(self._request("POST", f"/jobs/{job_id}/cancel").json())
 
     def delete_job(self, job_id: str) -> None:
         """Delete a job with all its files (a queued or running job is canceled first)."""
@@ -167,9 +166,9 @@ class DetBoothClient:
         """Delete a fine-tuned model's weights."""
         self._request("DELETE", f"/models/{model_id}")
 
-    def whoami(self) -> dict[str, Any]:
+    def whoami(self) -> WhoAmI:
         """The caller's owner id, limits and storage use."""
-        return self._request("GET", "/whoami").json()
+        return WhoAmI.model_validate(self._request("GET", "/whoami").json())
 
     def events(self, job_id: str, *, after: str | None = None, reconnects: int = 5) -> Iterator[Event]:
         """The job's events until it ends; a dropped stream is resumed from the last event id."""
@@ -198,23 +197,27 @@ class DetBoothClient:
                     raise ApiError(0, "Event stream lost", f"{self.base_url}: {e or type(e).__name__}") from e
                 time.sleep(min(2.0, 0.2 * tries))
 
-    def wait(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 1.0) -> Job:
+    def wait(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 1.0) -> JobView:
         deadline = time.monotonic() + timeout_s
         while True:
             job = self.job(job_id)
-            if job["status"] in TERMINAL or time.monotonic() > deadline:
+            if job.status.terminal or time.monotonic() > deadline:
                 return job
             time.sleep(poll_s)
 
     # models and artifacts
-    def models(self) -> list[dict[str, Any]]:
-        """The generation models: the base model and your fine-tunes."""
-        return self._request("GET", "/models").json()["models"]
+    def catalog(self) -> ModelList:
+        """Every model at once: the generation models, and the detection models (None when unreachable)."""
+        return ModelList.model_validate(self._request("GET", "/models").json())
 
-    def detection_models(self) -> list[dict[str, Any]]:
+    def models(self) -> list[ModelView]:
+        """The generation models: the base model and your fine-tunes."""
+        return self.catalog().models
+
+    def detection_models(self) -> list[DetectionModel]:
         """The detection models the deployment loads (`id`, `precision`, `default`, ...); `detect(model=...)`."""
-        detection = self._request("GET", "/models").json().get("detection") or {}
-        return detection.get("models", [])
+        detection = self.catalog().detection
+        return detection.models if detection else []
 
     def download(self, url: str, dest: str | Path) -> Path:
         """Save an artifact (its `url` from a job result, or a path under /artifacts/) to `dest`."""

@@ -1,28 +1,8 @@
-"""Response bodies only the gateway speaks (the model catalogue), and the owner's view of a job."""
+"""The owner's view of a job, built from the job record (artifact keys as download URLs)."""
 
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from services.contracts.detect import DetectionModelList
 from services.contracts.jobs import Job, JobView
-
-
-class ModelView(BaseModel):
-    id: str
-    kind: str = Field(description="`base` or `finetune`")
-    base_model: str | None = None
-    method: str | None = None
-    instance_prompt: str | None = None
-    created_at: datetime | None = None
-
-
-class ModelList(BaseModel):
-    models: list[ModelView] = Field(description="generation: the base model and the caller's fine-tunes")
-    detection: DetectionModelList | None = Field(
-        default=None, description="the detection models this deployment loads, with the precision each serves at "
-                                  "(null when the detection service did not answer)")
 
 
 def _with_urls(value: Any, base_url: str) -> Any:

@@ -9,8 +9,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
-from gateway.schemas import ModelList, ModelView
 from gateway.state import State
+from services.contracts.catalog import ModelList, ModelView
 from services.contracts.detect import DetectionModelList
 
 router = APIRouter(tags=["models"])

@@ -1,24 +1,13 @@
 """GET /whoami: the caller's owner id, its limits and the bytes its artifacts take."""
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from gateway.auth import Caller
 from gateway.state import State
+from services.contracts.account import Storage, WhoAmI
 
 router = APIRouter(tags=["lifecycle"])
-
-
-class Storage(BaseModel):
-    bytes: int = Field(description="bytes the owner's jobs and models take in the artifact store")
-    quota_bytes: int | None = Field(default=None, description="the storage quota; null: none")
-
-
-class WhoAmI(BaseModel):
-    owner: str = Field(description="the owner id the API key belongs to (all keys of one owner share it)")
-    limits: dict[str, int | float | None] = Field(description="the limits that apply to this owner")
-    storage: Storage
 
 
 @router.get("/whoami", response_model=WhoAmI)

@@ -12,8 +12,10 @@ import pytest
 import redis
 from PIL import Image
 
+from detbooth_client import DetBoothClient
 from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
+from services.contracts.detect import Box, DetectResponse
 from services.contracts.jobs import JobStatus, JobType, Phase, PhaseProgress, Progress
 from services.jobs.redis_system import RedisJobSystem
 from tests.cli.stack import subject_images, text_image
@@ -319,6 +321,16 @@ def test_detect_prints_boxes_draws_them_and_json(run, tmp_path):
     bad.write_text("not an image")
     code, _, err = run("detect", str(bad))
     assert "notes.txt" in one_line_error(code, err)
+
+
+def test_the_client_returns_typed_boxes(stack, tmp_path):
+    with DetBoothClient(stack.url, "key-alice") as client:
+        body = client.detect([text_image(tmp_path / "page.png")])
+    assert isinstance(body, DetectResponse)
+    [result] = body.results
+    assert (result.width, result.height) == (480, 200) and result.boxes
+    assert all(isinstance(box, Box) and all(isinstance(v, int) for point in box.points for v in point)
+               for box in result.boxes)
 
 
 def test_draw_with_a_file_name_takes_one_image_only(run, tmp_path):

@@ -1,14 +1,20 @@
-"""`detbooth jobs delete`, `detbooth models delete` and `detbooth whoami` against a real gateway and Redis."""
+"""`detbooth jobs delete`, `detbooth models delete`, `detbooth whoami` and the client's typed answers against a
+real gateway and Redis."""
 
 import json
+from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
+from detbooth_client import DetBoothClient
 from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
-from services.contracts.jobs import JobType
+from services.contracts.account import WhoAmI
+from services.contracts.catalog import ModelList
+from services.contracts.jobs import JobList, JobStatus, JobType, JobView
 from services.jobs.redis_system import RedisJobSystem
 from tests.integration.conftest import base_env
 from tests.procs import start_gateway
@@ -66,3 +72,18 @@ def test_whoami(run):
     assert code == 0, err
     me = json.loads(out)
     assert me["owner"] == ALICE and me["storage"]["bytes"] >= 0 and "rate_limit_per_minute" in me["limits"]
+
+
+def test_the_client_returns_the_contracts_models(gateway, run):
+    url, store, _ = gateway
+    job, _ = store.create(JobType.generate, ALICE, {"params": {}})  # queued, never sent to a worker
+    with DetBoothClient(url, "key-alice") as client:
+        got, page, me, catalog = client.job(job.id), client.jobs(type="generate"), client.whoami(), client.catalog()
+    assert isinstance(got, JobView) and got.status is JobStatus.queued and got.type is JobType.generate
+    assert isinstance(got.created_at, datetime) and got.progress.step == 0
+    assert isinstance(page, JobList) and job.id in [j.id for j in page.jobs]
+    assert isinstance(me, WhoAmI) and me.owner == ALICE and me.storage.bytes >= 0
+    assert isinstance(catalog, ModelList) and (catalog.models[0].id, catalog.models[0].kind) == ("base", "base")
+    # the CLI prints the models' JSON dump: the same JSON the API answered
+    raw = httpx.get(f"{url}/jobs/{job.id}", headers={"Authorization": "Bearer key-alice"}).json()
+    assert json.loads(run("jobs", "show", job.id)[1]) == raw

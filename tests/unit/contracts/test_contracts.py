@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from services.contracts import detect, finetune, generate, jobs, problems
+from services.contracts import account, catalog, detect, finetune, generate, jobs, problems
 from services.contracts.problems import Problem, problem_type, validation_problem
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -27,7 +27,8 @@ def _imports(path: Path) -> set[str]:
 
 def test_contracts_import_neither_torch_nor_fastapi():
     code = ("import sys, services.contracts.problems, services.contracts.detect, services.contracts.finetune, "
-            "services.contracts.generate, services.contracts.jobs; "
+            "services.contracts.generate, services.contracts.jobs, services.contracts.catalog, "
+            "services.contracts.account; "
             "print(sorted(m for m in ('torch', 'fastapi', 'starlette', 'diffusers', 'cv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -43,11 +44,11 @@ def test_gateway_and_client_import_no_service_internals(package):
 
 def test_no_contract_model_is_defined_twice():
     """Every pydantic model the contracts define exists under that name nowhere else in the code."""
-    names = {name for module in (detect, finetune, generate, jobs, problems)
+    names = {name for module in (detect, finetune, generate, jobs, problems, catalog, account)
              for name, obj in vars(module).items()
              if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__}
     assert {"DetectResponse", "DetectParams", "Box", "FinetuneConfig", "GenerateParams", "Job", "JobView",
-            "TrainingMetrics", "FinetuneResult", "GenerateResult", "ProblemDetails"} <= names
+            "TrainingMetrics", "FinetuneResult", "GenerateResult", "ProblemDetails", "ModelList", "WhoAmI"} <= names
     twins = []
     for path in [*(ROOT / "gateway").rglob("*.py"), *(ROOT / "services").rglob("*.py"),
                  *(ROOT / "detbooth_client").rglob("*.py")]:
