@@ -55,8 +55,9 @@ class DetectionSettings(BaseSettings):
     # detection process then peaked at 1.1 GB RSS (per-stream memory), against 600 MB allowed: opt in
     openvino_streams: int = Field(1, ge=1, le=16)
     # under steady load the heap is trimmed at most this often (0: only once idle): a busy process otherwise keeps
-    # every freed activation and image buffer, ~+100-190 MB over varied shapes (services/detection/README.md)
-    heap_trim_every_s: float = Field(0.5, ge=0)
+    # freed activation and image buffers. Each trim makes the next batches fault their pages back in: every 0.5 s
+    # cost 15 % of /detect's images/s (services/detection/README.md), every 5 s nothing measurable
+    heap_trim_every_s: float = Field(5.0, ge=0)
     ort_spin: bool = False  # let onnxruntime's idle threads spin (faster alone, slower beside the CPU pool)
     use_tensorrt: bool = False
     trt_precision: Literal["fp32", "fp16", "int8"] = "fp16"
