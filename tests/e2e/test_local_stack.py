@@ -66,7 +66,11 @@ def test_stack_starts_everything_restarts_the_dead_and_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETBOOTH_")}
     env.update({"DETBOOTH_REDIS_URL": f"redis://127.0.0.1:{dead_redis}/0",  # nothing there: embedded Redis
                 "DETBOOTH_DATA_DIR": str(tmp_path / "data"), "DETBOOTH_GATEWAY_PORT": str(gw),
-                "DETBOOTH_DETECTION_PORT": str(det), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+                "DETBOOTH_DETECTION_PORT": str(det), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                # make run's defaults (auto precision: quantize, then guard), on a small set: the guard's own
+                # figures are tested in tests/integration/detection/test_precision.py
+                "DETBOOTH_DETECTION_GUARD_IMAGES": "4", "DETBOOTH_DETECTION_CALIBRATION_IMAGES": "4",
+                "DETBOOTH_DETECTION_GUARD_REAL_IMAGES": "false", "DETBOOTH_DETECTION_TEXTSET_MAX_SIDE": "480"})
     log = open(tmp_path / "stack.log", "wb")
     stack = subprocess.Popen([sys.executable, "-m", "services.stack"], cwd=ROOT, env=env, stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True)

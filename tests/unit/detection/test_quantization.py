@@ -153,7 +153,7 @@ def test_accuracy_control_reverts_costly_layers_to_float_and_keys_its_settings(t
     from services.detection.accuracy_control import AccuracyControl
     import openvino as ov
 
-    control = AccuracyControl(images=3, max_drop=0.0, max_iterations=1, ranking_images=3)
+    control = AccuracyControl(images=3, max_drop=0.0, max_iterations=1, ranking_images=1)
     spec = CalibrationSpec("nncf_ac", images=2, max_side=320, resize=RESIZE, normalize=NORM, accuracy=control)
     assert cache_key(V5_MOBILE_ONNX, spec) != cache_key(V5_MOBILE_ONNX, replace(spec, method="nncf"))
     assert cache_key(V5_MOBILE_ONNX, spec) != cache_key(V5_MOBILE_ONNX, replace(
