@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 
 
+@functools.cache
 def _libc():
+    # once: find_library runs `ldconfig -p` in a child process, and a child forked from a 500 MB process counts
+    # that memory again while it lives (the load test once saw a 1.1 GB "peak"), besides the fork's own cost
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None

@@ -39,3 +39,19 @@ def test_freed_heap_memory_goes_back_when_trimmed():
     assert grown > 64  # ~94 MB allocated
     assert held > 64  # freed, but kept by the heap
     assert after_trim < held - 48  # handed back
+
+
+def test_trimming_again_starts_no_process(monkeypatch):
+    """find_library runs `ldconfig -p` in a child: done once, not on every trim (a child forked from the serving
+    process counts its memory again while it lives)."""
+    import ctypes.util
+
+    from services.detection import memory
+
+    calls = []
+    real = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: calls.append(name) or real(name))
+    memory._libc.cache_clear()
+    for _ in range(5):
+        memory.trim_native_heap()
+    assert len(calls) <= 1
