@@ -51,8 +51,8 @@ class DetectionSettings(BaseSettings):
     # recompiles per call. Measured in services/detection/README.md (bench/detect_memory.py).
     openvino_cache_capacity: int = Field(60, ge=0)
     # OpenVINO CPU streams (each with threads / streams threads, one engine worker each). 1: one stream on every
-    # thread. 2 ran 1.3x the images/s of bf16 det on 2 busy cores with requests side by side, but the load test's
-    # detection process then peaked at 1.1 GB RSS (per-stream memory), against 600 MB allowed: opt in
+    # thread. 2 ran the network alone 1.3x faster with calls side by side on 2 busy cores, but through the service
+    # gave the same images/s (bench/detect_bench.py: 1.19x RapidOCR both) at a higher peak RSS (639 vs 547 MB)
     openvino_streams: int = Field(1, ge=1, le=16)
     # under steady load the heap is trimmed at most this often (0: only once idle): a busy process otherwise keeps
     # freed activation and image buffers. Each trim makes the next batches fault their pages back in: every 0.5 s
