@@ -1,6 +1,7 @@
 """Which engines can serve a model at which precision on this device, and the guarded choice between them.
 
-CPU: int8 from NNCF (OpenVINO; accuracy-controlled by default) or ONNX Runtime static QDQ, quantized on the calibration set and cached;
+CPU: int8 from NNCF (OpenVINO; plain, or accuracy-controlled where that can pay off) or ONNX Runtime static QDQ,
+quantized on the calibration set and cached;
 bf16 on OpenVINO where the CPU has it. GPU: TensorRT fp16/int8 (Paddle or ONNX Runtime, when use_tensorrt),
 torch fp16. fp32 is the reference engine, the one ``create_engine`` builds from the settings.
 """
@@ -38,6 +39,10 @@ def _loaded(engine: Engine, buckets: Sequence[Shape], max_batch_size: int) -> En
     return engine
 
 
+def int8_label(method: str) -> str:
+    return f"{'openvino' if method in OPENVINO_METHODS else 'onnxruntime'}-int8-{method}"
+
+
 def calibration_spec(method: str, settings: DetectionSettings, resize: ResizeConfig, normalize: NormalizeConfig,
                      postprocess: PostprocessConfig) -> CalibrationSpec:
     return CalibrationSpec(method, settings.calibration_images, settings.textset_max_side, resize, normalize,
@@ -66,8 +71,8 @@ def cpu_candidates(model: ResolvedModel, settings: DetectionSettings, resize: Re
                        "seconds": round(quantized.seconds, 2), "key": quantized.key, "path": str(quantized.path)}
             return _loaded(engine, buckets, settings.max_batch_size), {"quantization": details}
 
-        bound = "openvino-int8-nncf" if method == "nncf_ac" and "nncf" in settings.int8_methods else None
-        out.append(Candidate("int8", f"{'openvino' if openvino else 'onnxruntime'}-int8-{method}", build, bound))
+        bound = int8_label("nncf") if method == "nncf_ac" and "nncf" in settings.int8_methods else None
+        out.append(Candidate("int8", int8_label(method), build, bound))
     if readable and has_bf16():
         out.append(Candidate("bf16", "openvino-bf16", lambda: (
             _loaded(OpenVINOEngine(model.path, settings, "bf16"), buckets, settings.max_batch_size), {})))

@@ -201,7 +201,7 @@ def select_precision(requested: str, reference: Engine, reference_label: str, ca
             break
         if requested == "auto" and (skip := _cannot_pay_off(candidate, trials, ref_best)):
             trials.append(Trial(precision=candidate.precision, engine=candidate.label, accepted=False, reason=skip))
-            log.info("precision guard: %s (%s) not built: %s", candidate.label, candidate.precision, skip)
+            log.info("precision guard: %s (%s) %s", candidate.label, candidate.precision, skip)
             continue
         engine = None
         try:

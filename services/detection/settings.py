@@ -56,7 +56,8 @@ class DetectionSettings(BaseSettings):
     openvino_streams: int = Field(1, ge=1, le=16)
     # under steady load the heap is trimmed at most this often (0: only once idle): a busy process otherwise keeps
     # freed activation and image buffers. Each trim makes the next batches fault their pages back in: every 0.5 s
-    # cost 15 % of /detect's images/s (services/detection/README.md), every 5 s nothing measurable
+    # cost 15 % of /detect's images/s (measured while each trim also forked ldconfig, since fixed; README),
+    # every 5 s nothing measurable
     heap_trim_every_s: float = Field(5.0, ge=0)
     ort_spin: bool = False  # let onnxruntime's idle threads spin (faster alone, slower beside the CPU pool)
     use_tensorrt: bool = False
