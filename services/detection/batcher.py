@@ -135,8 +135,16 @@ class DynamicBatcher:
 
     @property
     def buckets(self) -> list[Shape]:
-        """The shapes warmed up at start (and, when padding, the only shapes the engine sees)."""
+        """The bucket shapes (when padding, the only shapes the engine sees)."""
         return all_buckets(self.bucket_sides)
+
+    @property
+    def warmup_shapes(self) -> list[Shape]:
+        """What each engine thread runs once before ready. Padded: every bucket, the only shapes it will see.
+        Exact: the smallest bucket only, for the engine's one-time set-up. Requests bring their own shapes, and
+        warming shapes they never use would fill the engines' per-shape caches (OpenVINO's is an LRU: bucket
+        shapes evicted what traffic reuses) and hold memory for nothing."""
+        return self.buckets if self.pad_to_buckets else self.buckets[:1]
 
     def key_for(self, tensor: np.ndarray) -> Shape:
         h, w = tensor.shape[1:]
@@ -290,10 +298,10 @@ class DynamicBatcher:
     def _worker(self, ready: asyncio.Future) -> None:
         try:
             if self.warmup:
-                # one image of every bucket: kernels are picked and compiled (oneDNN primitives, OpenVINO shape
+                # one image per shape: kernels are picked and compiled (oneDNN primitives, OpenVINO shape
                 # caches, cuDNN plans) before /readyz says ready. No full batches: pre-sizing memory pools for
                 # the largest shapes would hold that memory for good.
-                for h, w in self.buckets:
+                for h, w in self.warmup_shapes:
                     self.engine.infer(np.zeros((1, 3, h, w), dtype=np.float32))
                     self.warmed_buckets += 1
         except BaseException as exc:  # noqa: BLE001 - reported to start()

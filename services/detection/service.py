@@ -92,7 +92,8 @@ class ServedModel:
         if self.batcher is not None:
             b = self.batcher
             body["buckets"] = {"mode": self.settings.bucket_mode, "sides": b.bucket_sides,
-                               "total": len(b.buckets), "warmed": b.warmed_buckets // b.engine_workers}
+                               "total": len(b.buckets), "warmup": len(b.warmup_shapes),
+                               "warmed": b.warmed_buckets // b.engine_workers}
             body["queue_depth"] = b.queue_depth
             body["max_queue_images"] = b.max_queue_images  # this model's own bound: 503 beyond it
         if self.detector is not None:

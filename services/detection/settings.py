@@ -46,9 +46,11 @@ class DetectionSettings(BaseSettings):
     engine_workers: int = Field(1, ge=1, le=16)
     paddle_onednn: bool = True
     onednn_cache_capacity: int = Field(256, ge=1)  # input shapes whose oneDNN primitives stay cached
-    # OpenVINO CPU_RUNTIME_CACHE_CAPACITY: compiled primitive executors kept across input shapes (an LRU; dozens
-    # per image shape). OpenVINO's default, 5000, lets RSS grow ~5.5 MB with every new shape; 0 keeps none and
-    # recompiles per call. Measured in services/detection/README.md (bench/detect_memory.py).
+    # OpenVINO CPU_RUNTIME_CACHE_CAPACITY: compiled primitive executors kept across input shapes (an LRU, ~30 per
+    # image shape, ~0.19 MB each). It trades memory for speed: a shape that misses is recompiled, which doubled
+    # bf16's CPU per image, and an LRU smaller than the shapes in rotation misses on every call. 60 keeps the
+    # 600 MB bound under traffic of any shapes; 1200 holds ~40 shapes (detect_bench's 26: 2.0x RapidOCR instead
+    # of 1.35x) but peaked at 673 MB over 64 shapes. Measured in services/detection/README.md.
     openvino_cache_capacity: int = Field(60, ge=0)
     # OpenVINO CPU streams (each with threads / streams threads, one engine worker each). 1: one stream on every
     # thread. 2 ran the network alone 1.3x faster with calls side by side on 2 busy cores, but through the service
@@ -99,13 +101,14 @@ class DetectionSettings(BaseSettings):
     # exact: a batch holds images of one resized shape, unpadded, so every box equals PaddleOCR's (PP-OCR nets
     # have squeeze-excitation / global pooling, so padding changes the whole probability map, not just its edge).
     # padded: shapes round up to the bucket_sides grid (fewer shapes, fuller batches; suits TensorRT engines).
-    # Either way bucket_sides x bucket_sides are the shapes warmed up before /readyz says ready.
+    # Warm-up before /readyz: padded, every bucket_sides x bucket_sides shape; exact, the smallest one only
+    # (requests bring their own shapes; bucket shapes would only fill the per-shape caches and hold memory).
     bucket_mode: Literal["exact", "padded"] = "exact"
     bucket_sides: list[int] = [320, 480, 640, 800, 960]
     warmup: bool = True
     request_timeout_s: float = Field(60.0, gt=0)
     retry_after_s: int = Field(1, ge=1)
-    cpu_pool_workers: int = Field(0, ge=0)  # decode/resize/post-process threads; 0: cores + 2
+    cpu_pool_workers: int = Field(0, ge=0)  # decode/resize/post-process threads; 0: one per core
 
     # --- input: files, bytes, pixels and pages per request come from the variables the gateway reads too
     limits: UploadLimits = Field(default_factory=UploadLimits)
@@ -177,4 +180,4 @@ class DetectionSettings(BaseSettings):
 
     @property
     def pool_workers(self) -> int:
-        return self.cpu_pool_workers or (os.cpu_count() or 1) + 2
+        return self.cpu_pool_workers or (os.cpu_count() or 1)

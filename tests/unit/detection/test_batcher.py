@@ -53,11 +53,11 @@ def test_bucket_for():
     assert len(all_buckets(sides)) == 9
 
 
-def test_warms_every_bucket_on_every_engine_thread_one_image_each():
+def test_padded_mode_warms_every_bucket_on_every_engine_thread_one_image_each():
     engine = MeanEngine()
 
     async def main():
-        b = DynamicBatcher(engine, bucket_sides=[32, 64], engine_workers=2)
+        b = DynamicBatcher(engine, bucket_sides=[32, 64], engine_workers=2, pad_to_buckets=True)
         await b.start()
         await b.stop()
         return b
@@ -67,6 +67,22 @@ def test_warms_every_bucket_on_every_engine_thread_one_image_each():
     expected = [(1, 3, h, w) for h, w in all_buckets([32, 64])]
     assert sorted(engine.calls) == sorted(expected * 2)
     assert b.warmed_buckets == 8 and len(engine.threads) == 2
+
+
+def test_exact_mode_warms_only_the_smallest_bucket():
+    """Exact shapes come from the requests: warming bucket shapes they never use would only fill the engines'
+    per-shape caches and hold memory."""
+    engine = MeanEngine()
+
+    async def main():
+        b = DynamicBatcher(engine, bucket_sides=[64, 32], engine_workers=2)
+        await b.start()
+        await b.stop()
+        return b
+
+    b = run(main())
+    assert engine.calls == [(1, 3, 32, 32)] * 2
+    assert b.warmup_shapes == [(32, 32)] and b.warmed_buckets == 2
 
 
 def test_batch_pixel_cap_bounds_every_batch():
