@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from detbooth_client.client import ApiError, DetBoothClient
 from services.contracts.detect import ImageResult
 from services.contracts.finetune import TrainingMetrics
-from services.contracts.jobs import JobView
+from services.contracts.jobs import GenerateResultView, JobView
 
 DEFAULT_CLASS_IMAGES = 50  # the worker's own default (100) makes a first fine-tune wait long
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -280,7 +280,7 @@ def cmd_finetune(client: DetBoothClient, args: argparse.Namespace) -> int:
         print(job.id)
         return 0
     job = ensure_succeeded(follow(client, job.id, ProgressBar(sys.stderr)))
-    print(json.dumps(job.result, indent=2))
+    print(_result_json(job))
     print(f"model id: {job.id}  (use: detbooth generate PROMPT --model {job.id})", file=sys.stderr)
     return 0
 
@@ -308,13 +308,19 @@ def cmd_generate(client: DetBoothClient, args: argparse.Namespace) -> int:
     job = ensure_succeeded(follow(client, job.id, None))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    result = job.result or {}
-    for i, image in enumerate(result.get("images", [])):
-        dest = client.download(image["url"], out / f"{job.id}-{i}.png")
-        print(f"{dest}\tseed {image.get('seed')}")
-    if result.get("warning"):
-        print(f"warning: {result['warning']}", file=sys.stderr)
+    result = job.result
+    if not isinstance(result, GenerateResultView):
+        raise SystemExit(f"job {job.id} is not a generation")
+    for i, image in enumerate(result.images):
+        dest = client.download(image.url, out / f"{job.id}-{i}.png")
+        print(f"{dest}\tseed {image.seed}")
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
     return 0
+
+
+def _result_json(job: JobView) -> str:
+    return json.dumps(None if job.result is None else job.result.model_dump(mode="json"), indent=2)
 
 
 def _job_line(job: JobView) -> str:
@@ -347,7 +353,7 @@ def cmd_jobs(client: DetBoothClient, args: argparse.Namespace) -> int:
         return 0
     if args.action == "watch":
         job = ensure_succeeded(follow(client, args.id, ProgressBar(sys.stderr)))
-        print(json.dumps(job.result, indent=2))
+        print(_result_json(job))
         return 0
     if args.action == "cancel":
         return cancel(client, args.id, as_json=args.json, wait=args.wait)

@@ -8,6 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from services.contracts.finetune import FinetuneResult
+from services.contracts.generate import GenerateResult
+
 
 class JobType(StrEnum):
     finetune = "finetune"
@@ -95,6 +98,24 @@ class Job(BaseModel):
     cancel_requested: bool = False
 
 
+class FinetuneResultView(FinetuneResult):
+    """A succeeded fine-tune's result as its owner sees it: the artifact keys with their download links."""
+
+    model_url: str | None = Field(default=None, description="download link of `model` (the LoRA file or folder)")
+    config_url: str | None = Field(default=None, description="download link of the resolved config.yaml")
+
+
+class GeneratedImageView(BaseModel):
+    url: str = Field(description="download link of the PNG")
+    seed: int
+
+
+class GenerateResultView(GenerateResult):
+    """A succeeded generation's result as its owner sees it: each image as a download link and its seed."""
+
+    images: list[GeneratedImageView]  # type: ignore[assignment]  # links where the record keeps artifact keys
+
+
 class JobView(BaseModel):
     """A job as its owner sees it (`GET /jobs/{id}`): no owner, no input keys, artifact keys as URLs."""
 
@@ -106,7 +127,8 @@ class JobView(BaseModel):
     finished_at: datetime | None = None
     progress: Progress
     metrics: dict[str, float]
-    result: dict[str, Any] | None = None
+    result: FinetuneResultView | GenerateResultView | None = Field(
+        default=None, description="set once the job succeeded: a fine-tune's or a generation's result")
     error: JobError | None = None
     attempts: int
     cancel_requested: bool

@@ -16,6 +16,7 @@ from detbooth_client import DetBoothClient
 from detbooth_client.cli import main
 from gateway.auth import hash_key, owner_of
 from services.contracts.detect import Box, DetectResponse
+from services.contracts.finetune import FinetuneResult
 from services.contracts.jobs import JobStatus, JobType, Phase, PhaseProgress, Progress
 from services.jobs.redis_system import RedisJobSystem
 from tests.cli.stack import subject_images, text_image
@@ -395,6 +396,13 @@ def test_detect_a_pdf_with_pages_draws_each_page(run, tmp_path):
     assert "has 3 pages" in one_line_error(code, err)
 
 
+def _lora_result(job_id: str, steps: int) -> dict:
+    """A fine-tune's result as the worker records it."""
+    return FinetuneResult(model_id=job_id, model=f"jobs/{job_id}/model/pytorch_lora_weights.safetensors",
+                          method="lora", config=f"jobs/{job_id}/config.yaml", logs=f"jobs/{job_id}/logs",
+                          steps=steps).model_dump()
+
+
 def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
     """This test plays the worker through the job store, so the progress events are known."""
     store = RedisJobSystem(
@@ -412,7 +420,7 @@ def test_jobs_watch_draws_progress_until_the_job_ends(run, stack):
             job.id,
             JobStatus.succeeded,
             expected={JobStatus.running},
-            result={"model": f"jobs/{job.id}/model/pytorch_lora_weights.safetensors", "steps": 4},
+            result=_lora_result(job.id, steps=4),
         )
 
     thread = threading.Thread(target=worker)
@@ -458,7 +466,7 @@ def test_watch_shows_each_phase_with_its_numbers_and_rate(run, stack):
         report(Phase.training, 3, 3, eta=0, rate=1.5, metrics={"loss": 0.5, "it_per_s": 1.5, "lr": 1e-4})
         report(Phase.exporting, 0, 1, metrics={"loss": 0.5, "it_per_s": 1.5, "lr": 1e-4})
         report(Phase.exporting, 1, 1, eta=0, metrics={"loss": 0.5, "it_per_s": 1.5, "lr": 1e-4})
-        store.transition(job.id, JobStatus.succeeded, expected={JobStatus.running}, result={"steps": 3})
+        store.transition(job.id, JobStatus.succeeded, expected={JobStatus.running}, result=_lora_result(job.id, steps=3))
 
     thread = threading.Thread(target=worker)
     thread.start()
