@@ -18,7 +18,7 @@ V5 = ResolvedModel("PP-OCRv5_mobile_det", "PP-OCRv5_mobile_det", V5_MOBILE_ONNX,
 
 
 def settings(tmp_path, **overrides) -> DetectionSettings:
-    base = dict(cpu_threads=2, calibration_images=3, guard_images=3, guard_real_images=False,
+    base = dict(cpu_threads=1, calibration_images=3, guard_images=3, guard_real_images=False,
                 textset_max_side=480, int8_methods=["ort_qdq"], engine="onnxruntime", precision="auto",
                 data_dir=tmp_path)
     return DetectionSettings(_env_file=None, **(base | overrides))
@@ -46,7 +46,7 @@ def test_the_key_follows_everything_the_verdict_depends_on(tmp_path):
                settings(tmp_path, guard_images=4), settings(tmp_path, guard_real_images=True),
                settings(tmp_path, textset_max_side=640), settings(tmp_path, calibration_images=4),
                settings(tmp_path, int8_methods=["nncf", "ort_qdq"]), settings(tmp_path, precision="int8"),
-               settings(tmp_path, cpu_threads=1)]
+               settings(tmp_path, cpu_threads=2)]
     keys = {key(c) for c in changed}
     assert len(keys) == len(changed) and key(s) not in keys
     copy = tmp_path / "det.onnx"

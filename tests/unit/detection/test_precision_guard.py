@@ -18,7 +18,7 @@ from services.detection.settings import DetectionSettings
 from services.detection.textset import validation_set
 from tests.detection_support import V5_MOBILE_ONNX
 
-SETTINGS = DetectionSettings(_env_file=None, cpu_threads=2)
+SETTINGS = DetectionSettings(_env_file=None, cpu_threads=1)
 LIMITS = GuardLimits()
 
 

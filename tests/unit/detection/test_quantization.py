@@ -25,7 +25,7 @@ V5 = ResolvedModel("PP-OCRv5_mobile_det", "PP-OCRv5_mobile_det", V5_MOBILE_ONNX,
 
 
 def settings(tmp_path, **overrides) -> DetectionSettings:
-    base = dict(cpu_threads=2, calibration_images=3, guard_images=3, guard_real_images=False, textset_max_side=480,
+    base = dict(cpu_threads=1, calibration_images=3, guard_images=3, guard_real_images=False, textset_max_side=480,
                 int8_methods=["ort_qdq"], quantized_cache_dir=tmp_path / "quantized", data_dir=tmp_path)
     return DetectionSettings(_env_file=None, **(base | overrides))
 
