@@ -35,8 +35,8 @@ async def authenticate(request: Request, state: State) -> str:
 
 
 async def rate_limit(owner: Annotated[str, Depends(authenticate)], state: State) -> str:
-    """Fixed one-minute window per owner, counted in Redis so every gateway replica shares it."""
-    decision = await state.jobs.hit_rate(owner, state.settings.rate_limit_per_minute, window_s=60)
+    """Fixed one-minute window per owner, shared by every gateway replica (gateway/rate_limit.py)."""
+    decision = await state.rate.hit(owner)
     if not decision.allowed:
         raise Problem(429, "Too many requests", f"more than {decision.limit} requests this minute for this key",
                       headers={"Retry-After": str(decision.retry_after_s)})

@@ -9,11 +9,12 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.background import start_background
 from gateway.console import console_app
-from gateway.keys import KeyRing
 from gateway.detection_client import DetectionForwarder, make_client
-from gateway.event_hub import JobEventHub
 from gateway.errors import document_problems, install_error_handlers
+from gateway.event_hub import JobEventHub
+from gateway.keys import KeyRing
 from gateway.middleware import MetricsAndHeaders
+from gateway.rate_limit import RateLimiter
 from gateway.routes import artifacts, deletion, detect, finetune, generate, health, jobs, models, whoami
 from gateway.settings import GatewaySettings
 from gateway.state import AppState
@@ -48,6 +49,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
                                    ttl_s=3 * job_settings.worker_heartbeat_s),
             streams=StreamSlots(settings.max_streams_per_key),
             events=JobEventHub(jobs),
+            rate=RateLimiter(jobs, settings.rate_limit_per_minute),
             forwarder=DetectionForwarder(settings.detection_url, settings.detection_connect_timeout_s,
                                          settings.detection_timeout_s),
         )
@@ -60,6 +62,7 @@ def create_app(settings: GatewaySettings | None = None, job_settings: JobSetting
         stop_background()
         await state.detection.aclose()
         await state.events.aclose()
+        await state.rate.aclose()
         await state.forwarder.aclose()
         await state.jobs.aclose()
 

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from gateway.detection_client import DetectionForwarder
 from gateway.event_hub import JobEventHub
 from gateway.keys import KeyRing
+from gateway.rate_limit import RateLimiter
 from gateway.settings import GatewaySettings
 from gateway.streams import StreamSlots
 from services.jobs.artifacts import ArtifactStore
@@ -32,6 +33,7 @@ class AppState:
     workers: WorkerRegistry
     streams: StreamSlots  # open event streams per owner, on this process
     events: JobEventHub  # one reader per followed job, shared by its streams
+    rate: RateLimiter  # the per-owner request count, shared with the other replicas through the job store
     forwarder: DetectionForwarder | None = None  # /detect's bodies, as received, to the detection service
 
 

@@ -229,6 +229,9 @@ class AsyncJobSystem(Protocol):
         """The job once it is terminal, or as it is after `timeout_s`."""
 
     async def hit_rate(self, owner: str, limit: int, window_s: int = 60) -> RateDecision: ...
+
+    async def add_rate(self, owner: str, window: int, requests: int, window_s: int = 60) -> int:
+        """Add `requests` to the owner's count in fixed window number `window`; the count every replica added."""
     async def ping(self) -> bool: ...
 
     async def aclose(self) -> None: ...

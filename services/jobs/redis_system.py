@@ -168,10 +168,10 @@ if cur == ARGV[3] then redis.call('EXPIRE', KEYS[2], ARGV[4]); return 1 end
 if not cur then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4]); return 1 end
 return 0
 """
-# KEYS: the window's counter. ARGV: window seconds. Returns the count including this request.
+# KEYS: the window's counter. ARGV: window seconds, requests to add. Returns the count including them.
 _HIT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1] + 1) end
+local n = redis.call('INCRBY', KEYS[1], ARGV[2])
+if n == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1] + 1) end
 return n
 """
 
@@ -550,7 +550,7 @@ class RedisJobSystem(RedisLifecycle):
     def hit_rate(self, owner: str, limit: int, window_s: int = 60) -> RateDecision:
         now = time.time()
         window = int(now // window_s)
-        count = int(self._hit(keys=[self.keys.rate(owner, window)], args=[window_s]))
+        count = int(self._hit(keys=[self.keys.rate(owner, window)], args=[window_s, 1]))
         retry = max(1, int((window + 1) * window_s - now) + 1)
         return RateDecision(allowed=count <= limit, count=count, limit=limit, retry_after_s=retry)
 
@@ -649,9 +649,12 @@ class AsyncRedisJobSystem:
     async def hit_rate(self, owner: str, limit: int, window_s: int = 60) -> RateDecision:
         now = time.time()
         window = int(now // window_s)
-        count = int(await self._hit(keys=[self.keys.rate(owner, window)], args=[window_s]))
+        count = await self.add_rate(owner, window, 1, window_s)
         retry = max(1, int((window + 1) * window_s - now) + 1)
         return RateDecision(allowed=count <= limit, count=count, limit=limit, retry_after_s=retry)
+
+    async def add_rate(self, owner: str, window: int, requests: int, window_s: int = 60) -> int:
+        return int(await self._hit(keys=[self.keys.rate(owner, window)], args=[window_s, requests]))
 
     async def ping(self) -> bool:
         return bool(await self.r.ping())
