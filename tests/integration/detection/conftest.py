@@ -70,7 +70,7 @@ def service_env(tmp: Path, **overrides: str) -> dict[str, str]:
         "DETBOOTH_DETECTION_PADDLEX_CACHE_DIR": str(tmp / "paddlex"),  # empty: this machine's cache can't leak in
         "DETBOOTH_DETECTION_ALLOW_DOWNLOAD": "false",
         "DETBOOTH_DETECTION_BUCKET_SIDES": "[320, 480, 640]",
-        "DETBOOTH_DETECTION_CPU_THREADS": "1",  # a thread per service: xdist runs a test file per core
+        "DETBOOTH_DETECTION_CPU_THREADS": "2",
         "DETBOOTH_DETECTION_MAX_BATCH_SIZE": "8",
         "DETBOOTH_DETECTION_MAX_QUEUE_DELAY_MS": "5",
         # the PP-OCRv5 mobile det fallback on ONNX Runtime: the RapidOCR-equality tests run its very file
