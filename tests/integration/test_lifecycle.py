@@ -2,7 +2,9 @@
 real Redis, the local artifact store. Every test lists the store before and after: nothing is left over."""
 
 import json
+import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,8 +23,10 @@ GEN = {"prompt": "a photo of sks dog", "width": 64, "height": 64, "num_inference
 
 
 def stored(data_dir) -> list[str]:
+    """The artifact files, as keys. os.walk, not rglob: the sweeper may delete a folder while this looks (rglob
+    raises FileNotFoundError on it; os.walk skips it)."""
     root = data_dir / "artifacts"
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    return sorted(str((Path(folder) / name).relative_to(root)) for folder, _, names in os.walk(root) for name in names)
 
 
 def finetune(client, config=TINY, **data) -> str:
