@@ -191,8 +191,8 @@ class JobSystem(Protocol):
     def live_ids(self, job_ids: list[str]) -> set[str]:
         """Which of `job_ids` still have a job record or a registered model."""
 
-    def record_storage(self, owner: str, job_id: str, nbytes: int) -> None:
-        """Set the bytes a job's files take, counted for `owner`."""
+    def record_storage(self, owner: str, job_id: str, nbytes: int) -> bool:
+        """Set the bytes a job's files take, counted for `owner`; refused (False) once the job is deleted."""
 
     def drop_storage(self, job_id: str) -> None: ...
 

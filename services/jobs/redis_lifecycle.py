@@ -21,6 +21,14 @@ from services.jobs.webhooks import WebhookEvent, emit
 
 log = logging.getLogger(__name__)
 
+# KEYS: tombstones, the owner's storage hash, job -> owner. ARGV: job id, bytes, owner.
+_RECORD_STORAGE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+return 1
+"""
+
 
 class RedisLifecycle:
     """Mixed into the adapter's class, which provides `self.r` (a redis.Redis)."""
@@ -65,11 +73,13 @@ class RedisLifecycle:
             pipe.exists(self.keys.job(i), self.keys.model(i))
         return {i for i, n in zip(job_ids, pipe.execute()) if n}
 
-    def record_storage(self, owner: str, job_id: str, nbytes: int) -> None:
-        pipe = self.r.pipeline()
-        pipe.hset(self.keys.owner_storage(owner), job_id, int(nbytes))
-        pipe.hset(self.keys.storage_owner, job_id, owner)
-        pipe.execute()
+    def record_storage(self, owner: str, job_id: str, nbytes: int) -> bool:
+        """Count a job's bytes for its owner; refused (False) once the job is deleted. In one script with the
+        tombstone check: a worker that measured its files just before a deletion would otherwise count them
+        again after `drop_storage`, for good."""
+        counted = self.r.eval(_RECORD_STORAGE, 3, self.keys.deleted, self.keys.owner_storage(owner),
+                              self.keys.storage_owner, job_id, int(nbytes), owner)
+        return bool(counted)
 
     def drop_storage(self, job_id: str) -> None:
         owner = self.r.hget(self.keys.storage_owner, job_id)

@@ -78,3 +78,17 @@ def test_a_worker_that_finds_its_job_deleted_removes_what_it_wrote(system, store
     store.write_bytes(f"jobs/{job.id}/images/0.png", b"late")
     settle_artifacts(system, store, job.id)
     assert store.children("jobs") == []
+
+
+def test_a_deleted_jobs_bytes_are_never_counted_again(system, store):
+    """A worker measures its files, the owner deletes the job, then the worker records what it measured: the
+    deletion must win, or the owner's storage keeps bytes that no longer exist."""
+    job, _ = system.create(JobType.generate, "alice", {})
+    assert system.record_storage("alice", job.id, 500) and system.storage_used("alice") == 500
+    system.mark_deleted(job.id)  # delete_job's order: tombstone, record, storage, files
+    system.delete(job.id)
+    system.drop_storage(job.id)
+    assert system.record_storage("alice", job.id, 500) is False  # the late write of the measuring worker
+    assert system.storage_used("alice") == 0
+    other, _ = system.create(JobType.generate, "alice", {})
+    assert system.record_storage("alice", other.id, 7) and system.storage_used("alice") == 7
