@@ -91,7 +91,10 @@ class DetectionSettings(BaseSettings):
     guard_cache: bool = True  # reuse the guard's verdict (<data_dir>/detection/guard) while its key is unchanged
 
     # --- batching
-    max_batch_size: int = Field(8, ge=1, le=256)
+    # GPU: up to 8 images a call. CPU: 1. Batching ran no faster per image on CPU (0.77-1.19x vs off), and each
+    # batch size is one more shape for the engines' per-shape caches and a bigger activation peak (load test with
+    # int8 beside a CPU hog: 459 MB peak with batches of up to 8, 394 MB with 1)
+    max_batch_size: int = Field(default_factory=lambda data: 8 if data.get("device") == "gpu" else 1, ge=1, le=256)
     pow2_batches: bool = True  # batch sizes 1, 2, 4, 8, ...: fewer shapes for engines to compile and cache
     max_queue_delay_ms: float = Field(4.0, ge=0, le=1000)
     # a batch's images x H x W at most this (0: no cap): bounds the engine's peak memory on CPU, where batches

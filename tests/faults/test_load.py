@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 from bench.load_detect import run
+from services.detection.settings import DetectionSettings
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,8 @@ GROWTH_LIMIT_MB = 64
 WARM_SHAPES = 48  # x the batch sizes seen: more input shapes than OpenVINO's default cache keeps
 DEFAULT_PRECISION = {"engine": "auto", "precision": "auto", "int8_methods": '["nncf"]', "calibration_images": "3",
                      "guard_images": "3", "guard_real_images": "false", "textset_max_side": "480",
-                     "bucket_sides": "[320]"}
+                     "bucket_sides": "[320]",
+                     "max_batch_size": str(DetectionSettings(_env_file=None).max_batch_size)}  # the CPU default
 
 
 @pytest.fixture(scope="module")

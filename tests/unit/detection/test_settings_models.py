@@ -43,3 +43,14 @@ def test_each_model_gets_its_own_settings_and_the_folder_stays_the_defaults(tmp_
     a, b = s.for_model("A"), s.for_model("B")
     assert (a.model, a.model_dir, a.models) == ("A", tmp_path, [])
     assert (b.model, b.model_dir) == ("B", None) and b.precision == s.precision and b.limits == s.limits
+
+
+def test_batches_default_to_one_image_on_cpu_and_eight_on_gpu(monkeypatch):
+    from services.detection.settings import DetectionSettings
+
+    assert DetectionSettings(_env_file=None).max_batch_size == 1
+    assert DetectionSettings(_env_file=None, device="gpu").max_batch_size == 8
+    monkeypatch.setenv("DETBOOTH_DETECTION_DEVICE", "gpu")  # the device from the environment counts too
+    assert DetectionSettings(_env_file=None).max_batch_size == 8
+    monkeypatch.setenv("DETBOOTH_DETECTION_MAX_BATCH_SIZE", "4")
+    assert DetectionSettings(_env_file=None).max_batch_size == 4
