@@ -70,10 +70,13 @@ class RateLimiter:
             self._flusher = asyncio.create_task(self._flush_after_delay(), name="rate-limit-flush")
 
     async def _flush_after_delay(self) -> None:
-        await asyncio.sleep(self.flush_every_s)
-        await self.flush()
-        if any(w.pending for w in self._windows.values()):
-            self._flush_soon()
+        # one task at a time, until nothing waits: requests counted while it flushes (or after a failed flush)
+        # are taken by its next round
+        while True:
+            await asyncio.sleep(self.flush_every_s)
+            await self.flush()
+            if not any(w.pending for w in self._windows.values()):
+                return
 
     async def flush(self) -> None:
         """Add every owner's uncounted requests to the store; forget windows that have ended."""

@@ -3,8 +3,9 @@
 Three methods: plain NNCF PTQ (``nncf``), NNCF with accuracy control (``nncf_ac``: the layers that cost the
 guard's score on held-out calibration renders go back to float, see ``accuracy_control``; both give OpenVINO IR,
 served by the openvino engine) and ONNX Runtime static QDQ (an .onnx file, served by onnxruntime). Calibration
-images are preprocessed exactly as serving does. A quantized model is built once and cached under ``cache_dir/<key>/``, the key hashing the model file(s), the method and the calibration
-settings; a later start finds it there and skips the work.
+images are preprocessed exactly as serving does. A quantized model is built once and cached under
+``cache_dir/<key>/``, the key hashing the model file(s), the method and the calibration settings; a later start
+finds it there and skips the work.
 """
 
 from __future__ import annotations

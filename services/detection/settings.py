@@ -53,8 +53,8 @@ class DetectionSettings(BaseSettings):
     # of 1.35x) but peaked at 673 MB over 64 shapes. Measured in services/detection/README.md.
     openvino_cache_capacity: int = Field(60, ge=0)
     # OpenVINO CPU streams (each with threads / streams threads, one engine worker each). 1: one stream on every
-    # thread. 2 ran the network alone 1.3x faster with calls side by side on 2 busy cores, but through the service
-    # gave the same images/s (bench/detect_bench.py: 1.19x RapidOCR both) at a higher peak RSS (639 vs 547 MB)
+    # thread. 2 served /detect 1.3x faster at capacity 60 on 2 cores (26.5 vs 20.0 images/s, concurrency 8), but
+    # peaked at 643 MB in bench/detect_bench.py, over the 600 MB bound (services/detection/README.md)
     openvino_streams: int = Field(1, ge=1, le=16)
     # under steady load the heap is trimmed at most this often (0: only once idle): a busy process otherwise keeps
     # freed activation and image buffers. Each trim makes the next batches fault their pages back in: every 0.5 s

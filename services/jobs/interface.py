@@ -228,10 +228,10 @@ class AsyncJobSystem(Protocol):
     async def wait_finished(self, job_id: str, timeout_s: float) -> Job:
         """The job once it is terminal, or as it is after `timeout_s`."""
 
-    async def hit_rate(self, owner: str, limit: int, window_s: int = 60) -> RateDecision: ...
-
     async def add_rate(self, owner: str, window: int, requests: int, window_s: int = 60) -> int:
-        """Add `requests` to the owner's count in fixed window number `window`; the count every replica added."""
+        """Add `requests` to the owner's count in fixed window number `window`; the count every replica added
+        (the gateway's local-first limiter: gateway/rate_limit.py)."""
+
     async def ping(self) -> bool: ...
 
     async def aclose(self) -> None: ...

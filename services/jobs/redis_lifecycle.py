@@ -38,6 +38,7 @@ class RedisLifecycle:
 
     def init_lifecycle(self, progress_interval_s: float = 10.0) -> None:
         self.webhooks = RedisWebhookOutbox(self, progress_interval_s)
+        self._record_storage = self.r.register_script(_RECORD_STORAGE)
 
     # data lifecycle (services/jobs/deletion.py, sweeper.py, reindex.py) ------------------------------------
     def unregister_model(self, model_id: str) -> str | None:
@@ -77,9 +78,8 @@ class RedisLifecycle:
         """Count a job's bytes for its owner; refused (False) once the job is deleted. In one script with the
         tombstone check: a worker that measured its files just before a deletion would otherwise count them
         again after `drop_storage`, for good."""
-        counted = self.r.eval(_RECORD_STORAGE, 3, self.keys.deleted, self.keys.owner_storage(owner),
-                              self.keys.storage_owner, job_id, int(nbytes), owner)
-        return bool(counted)
+        keys = [self.keys.deleted, self.keys.owner_storage(owner), self.keys.storage_owner]
+        return bool(self._record_storage(keys=keys, args=[job_id, int(nbytes), owner]))
 
     def drop_storage(self, job_id: str) -> None:
         owner = self.r.hget(self.keys.storage_owner, job_id)

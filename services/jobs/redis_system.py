@@ -646,13 +646,6 @@ class AsyncRedisJobSystem:
             job = await self.get(job_id)
         return job
 
-    async def hit_rate(self, owner: str, limit: int, window_s: int = 60) -> RateDecision:
-        now = time.time()
-        window = int(now // window_s)
-        count = await self.add_rate(owner, window, 1, window_s)
-        retry = max(1, int((window + 1) * window_s - now) + 1)
-        return RateDecision(allowed=count <= limit, count=count, limit=limit, retry_after_s=retry)
-
     async def add_rate(self, owner: str, window: int, requests: int, window_s: int = 60) -> int:
         return int(await self._hit(keys=[self.keys.rate(owner, window)], args=[window_s, requests]))
 
